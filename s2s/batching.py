@@ -1,0 +1,103 @@
+"""Token-bucketed batches over sentences that were tokenized once, up front.
+
+Sentences of similar length go together so that little compute is spent on
+padding, and a batch holds about `batch_tokens` tokens (padding included)
+whatever the sentence lengths, which keeps memory and step time steady.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from s2s.tokenizer import BOS, EOS, PAD
+
+
+@dataclass(frozen=True)
+class Batch:
+    src: torch.Tensor  # (B, S) source ids, PAD-padded, no BOS/EOS
+    src_len: torch.Tensor  # (B,) true source lengths
+    tgt_in: torch.Tensor  # (B, T) BOS + target ids
+    tgt_out: torch.Tensor  # (B, T) target ids + EOS
+    index: torch.Tensor  # (B,) positions of these sentences in the dataset
+
+    @property
+    def n_tgt_tokens(self) -> int:
+        return int((self.tgt_out != PAD).sum())
+
+    @property
+    def n_src_tokens(self) -> int:
+        return int(self.src_len.sum())
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.src, self.src_len, self.tgt_in, self.tgt_out, self.index)))
+
+
+def pad(seqs: list[list[int]], value: int = PAD) -> torch.Tensor:
+    """(B, max_len) long tensor, right-padded."""
+    width = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), max(width, 1)), value, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
+
+
+def bucket_indices(lengths: list[int], batch_tokens: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
+    """Group sentence indices into batches of at most `batch_tokens` padded tokens.
+
+    Sorting happens inside shuffled windows of ~100 batches, so batches are
+    length-homogeneous but their composition changes from epoch to epoch.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)
+    window = max(1, 100 * batch_tokens // max(1, sum(lengths) // max(1, len(lengths))))
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        current: list[int] = []
+        longest = 0
+        for i in chunk:
+            longest_if_added = max(longest, lengths[i])
+            if current and longest_if_added * (len(current) + 1) > batch_tokens:
+                batches.append(current)
+                current, longest_if_added = [], lengths[i]
+            current.append(i)
+            longest = longest_if_added
+        if current:
+            batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def make_batch(src: list[list[int]], tgt: list[list[int]], index: list[int]) -> Batch:
+    return Batch(
+        src=pad(src),
+        src_len=torch.tensor([len(s) for s in src], dtype=torch.long),
+        tgt_in=pad([[BOS, *t] for t in tgt]),
+        tgt_out=pad([[*t, EOS] for t in tgt]),
+        index=torch.tensor(index, dtype=torch.long),
+    )
+
+
+class ParallelData:
+    """Token ids of one split, kept in memory; cheap to re-batch every epoch."""
+
+    def __init__(self, src: list[list[int]], tgt: list[list[int]]) -> None:
+        if len(src) != len(tgt):
+            raise ValueError(f"{len(src)} source but {len(tgt)} target sentences")
+        self.src, self.tgt = src, tgt
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def batches(self, batch_tokens: int, shuffle: bool, seed: int = 0) -> list[Batch]:
+        lengths = [max(len(s), len(t) + 1) for s, t in zip(self.src, self.tgt, strict=True)]
+        return [
+            make_batch([self.src[i] for i in idx], [self.tgt[i] for i in idx], idx)
+            for idx in bucket_indices(lengths, batch_tokens, shuffle, seed)
+        ]

@@ -1,0 +1,242 @@
+"""Typed, frozen configuration, validated once on the way in.
+
+`params.yaml` is parsed into `Params`; every library function takes one of the
+section objects below, never the raw dict. Unknown keys are errors that name
+the key and list what is allowed, so a misspelt option cannot be silently
+ignored (joeynmt's `**kwargs` weak spot).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from s2s.errors import S2SError
+
+
+class ConfigError(S2SError, ValueError):
+    """A params file that cannot be used; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+class Location(_Section):
+    """A local path (relative to the workspace) or an http(s) URL, optionally pinned by sha256."""
+
+    path: str
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @property
+    def is_url(self) -> bool:
+        return self.path.startswith(("http://", "https://"))
+
+
+class SplitSource(_Section):
+    """One split: two line-aligned files (`src`, `tgt`) or one two-column TSV (`tsv`)."""
+
+    src: Location | None = None
+    tgt: Location | None = None
+    tsv: Location | None = None
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> SplitSource:
+        pair = self.src is not None and self.tgt is not None
+        if pair == (self.tsv is not None) or (self.src is None) != (self.tgt is None):
+            raise ValueError("give either both `src` and `tgt`, or `tsv` alone")
+        return self
+
+
+class FilesSource(_Section):
+    train: SplitSource
+    valid: SplitSource | None = None
+    test: SplitSource | None = None
+
+
+class BuiltinSource(_Section):
+    pairs: int = Field(default=30000, ge=100)
+    seed: int = 1
+
+
+class HoldoutConfig(_Section):
+    valid: int = Field(default=1000, ge=1)
+    test: int = Field(default=1000, ge=1)
+
+
+class CleanConfig(_Section):
+    max_words: int = Field(default=100, ge=1)
+    max_ratio: float = Field(default=3.0, gt=1.0)
+    min_ratio_words: int = Field(default=4, ge=1)
+    dedup: bool = True
+    drop_leaks: bool = True
+
+
+class IngestConfig(_Section):
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    corpus: Literal["builtin", "files"] = "builtin"
+    builtin: BuiltinSource = BuiltinSource()
+    files: FilesSource | None = None
+    holdout: HoldoutConfig = HoldoutConfig()
+    seed: int = 1
+    clean: CleanConfig = CleanConfig()
+
+    @model_validator(mode="after")
+    def _files_given(self) -> IngestConfig:
+        if self.corpus == "files" and self.files is None:
+            raise ValueError("corpus is 'files' but the `files` section is missing")
+        return self
+
+
+# ------------------------------------------------------------------------ tokenizer
+
+
+class TokenizerConfig(_Section):
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    vocab_size: int = Field(default=1000, ge=16)
+    joint: bool = True
+    character_coverage: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_sentences: int = Field(default=200000, ge=100)
+    seed: int = 1
+
+
+# ---------------------------------------------------------------------------- model
+
+
+class RNNConfig(_Section):
+    cell: Literal["lstm", "gru"] = "lstm"
+    emb_dim: int = Field(default=128, ge=1)
+    hidden: int = Field(default=256, ge=1)
+    layers: int = Field(default=1, ge=1)
+    bidirectional: bool = True
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    attention: Literal["none", "dot", "general", "additive"] = "general"
+
+
+class ModelConfig(_Section):
+    arch: Literal["rnn"] = "rnn"
+    rnn: RNNConfig = RNNConfig()
+
+
+# ---------------------------------------------------------------------------- train
+
+
+class TrainConfig(_Section):
+    seed: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: int = Field(default=4, ge=1)
+    batch_tokens: int = Field(default=4000, ge=16)
+    lr: float = Field(default=2e-3, gt=0.0)
+    clip: float = Field(default=1.0, gt=0.0)
+    teacher_forcing: float = Field(default=1.0, ge=0.0, le=1.0)
+    label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
+    valid_bleu_sentences: int = Field(default=500, ge=1)
+    max_tokens: int = Field(default=128, ge=2)
+    threads: int = Field(default=0, ge=0)
+
+
+# ------------------------------------------------------------------------- evaluate
+
+
+class EvaluateConfig(_Section):
+    beam_size: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    max_len_a: float = Field(default=1.5, gt=0.0)
+    max_len_b: int = Field(default=10, ge=0)
+    length_penalty: float = Field(default=1.0, ge=0.0)
+
+
+# -------------------------------------------------- orchestration (not a DVC stage)
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field(default="s2s-translator", min_length=1)
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    experiment: str = "s2s"
+
+
+class RemoteConfig(_Section):
+    name: str = "local"
+    url: str = ".dvc-remote"
+    push: bool = True
+
+
+class Params(_Section):
+    ingest: IngestConfig = IngestConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    remote: RemoteConfig = RemoteConfig()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: Any) -> Any:
+        # An empty YAML section (`train:` with only comments) parses to None.
+        return {} if value is None else value
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at the parent of `loc`, to put in an unknown-key error."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        current = next((a for a in candidates if issubclass(a, BaseModel)), None)
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(error: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc)
+            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+            lines.append(f"  {key}: unknown key{hint}")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, Params, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; every problem is reported with its key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,7 @@
+"""The base of every error s2s raises on purpose: bad input or config, with a message that says where."""
+
+from __future__ import annotations
+
+
+class S2SError(Exception):
+    """An expected failure; its message is meant for the user, so no traceback is needed."""

@@ -1,0 +1,331 @@
+"""Ingest: parallel text in, cleaned train/valid/test splits and per-reason counts out.
+
+Every input line ends up kept, dropped under exactly one named reason, or moved
+to a held-out split, so `kept + sum(dropped) + sum(moved) == read` holds for
+every split read from input; lines that are kept but changed are counted under
+`cleaned`. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from s2s.config import CleanConfig, IngestConfig, Location, SplitSource
+from s2s.corpus import generate_pairs
+from s2s.errors import S2SError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+# C0/C1 control characters except tab; NUL included. Tabs are allowed only inside
+# sentences read from two-file corpora (a TSV line's tab is its column separator).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_SPACES = re.compile(r"\s+")
+
+
+class IngestError(S2SError, RuntimeError):
+    """Input that cannot become a corpus; the message names the file (and line)."""
+
+
+@dataclass
+class SplitStats:
+    read: int = 0
+    kept: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    cleaned: Counter[str] = field(default_factory=Counter)
+    # Pairs held out of this split into another (train -> valid/test): neither kept nor dropped.
+    moved: Counter[str] = field(default_factory=Counter)
+    # First few (file, line, reason) examples, so a user can look at them.
+    examples: list[str] = field(default_factory=list)
+
+    def drop(self, reason: str, where: str) -> None:
+        self.dropped[reason] += 1
+        if len(self.examples) < 20:
+            self.examples.append(f"{where}: {reason}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "read": self.read,
+            "kept": self.kept,
+            "dropped": dict(sorted(self.dropped.items())),
+            "dropped_total": sum(self.dropped.values()),
+            "cleaned": dict(sorted(self.cleaned.items())),
+            "moved": dict(sorted(self.moved.items())),
+            "examples": self.examples,
+        }
+
+
+@dataclass(frozen=True)
+class RawLine:
+    """One raw pair with the place it came from, for error messages."""
+
+    src: bytes
+    tgt: bytes
+    where: str
+
+
+Pair = tuple[str, str]
+
+
+# ---------------------------------------------------------------------------- fetch
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(location: Location, workspace: Path, download_dir: Path, timeout: float = 60.0) -> Path:
+    """Resolve a local path or download a URL; verify the sha256 when one is given.
+
+    A download goes to a temporary file first and is renamed into place only
+    after its checksum matched, so a bad or partial download is never mistaken
+    for a good file on the next run.
+    """
+    if not location.is_url:
+        path = Path(location.path)
+        path = path if path.is_absolute() else workspace / path
+        if not path.is_file():
+            raise IngestError(f"{location.path}: input file not found (resolved to {path})")
+        _check_sha(path, location)
+        return path
+
+    name = location.path.rstrip("/").rsplit("/", 1)[-1] or "download"
+    key = (location.sha256 or hashlib.sha256(location.path.encode()).hexdigest())[:16]
+    target = download_dir / f"{key}-{name}"
+    if target.is_file() and (location.sha256 is None or sha256_file(target) == location.sha256.lower()):
+        log.info("using cached download %s", target)
+        return target
+    download_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=download_dir, prefix=".part-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(location.path, timeout=timeout) as response:
+            shutil.copyfileobj(response, out)
+        _check_sha(tmp, location)
+        tmp.replace(target)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise IngestError(f"{location.path}: download failed: {err}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("downloaded %s -> %s", location.path, target)
+    return target
+
+
+def _check_sha(path: Path, location: Location) -> None:
+    if location.sha256 is None:
+        return
+    actual = sha256_file(path)
+    if actual != location.sha256.lower():
+        raise IngestError(f"{location.path}: sha256 mismatch: expected {location.sha256.lower()}, got {actual}")
+
+
+# ----------------------------------------------------------------------------- read
+
+
+def read_raw_lines(path: Path) -> list[bytes]:
+    """Lines as bytes (decoding is per line, so one bad line cannot sink the file)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as err:
+        raise IngestError(f"{path}: cannot read: {err}") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line does not start a new one
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def read_split(source: SplitSource, workspace: Path, download_dir: Path) -> tuple[list[RawLine], SplitStats]:
+    stats = SplitStats()
+    if source.tsv is not None:
+        path = fetch(source.tsv, workspace, download_dir)
+        rows: list[RawLine] = []
+        for number, line in enumerate(read_raw_lines(path), start=1):
+            stats.read += 1
+            columns = line.split(b"\t")
+            if len(columns) != 2:
+                stats.drop("tsv_columns", f"{path}:{number}")
+                continue
+            rows.append(RawLine(columns[0], columns[1], f"{path}:{number}"))
+        return rows, stats
+
+    assert source.src is not None and source.tgt is not None  # guaranteed by SplitSource
+    src_path = fetch(source.src, workspace, download_dir)
+    tgt_path = fetch(source.tgt, workspace, download_dir)
+    src_lines, tgt_lines = read_raw_lines(src_path), read_raw_lines(tgt_path)
+    if len(src_lines) != len(tgt_lines):
+        raise IngestError(
+            f"parallel files differ in line count: {src_path} has {len(src_lines)} lines, {tgt_path} has {len(tgt_lines)} lines"
+        )
+    stats.read = len(src_lines)
+    rows = [
+        RawLine(s, t, f"{src_path}:{n} / {tgt_path}:{n}")
+        for n, (s, t) in enumerate(zip(src_lines, tgt_lines, strict=True), start=1)
+    ]
+    return rows, stats
+
+
+# ---------------------------------------------------------------------------- clean
+
+
+def _clean_side(raw: bytes, stats: SplitStats) -> tuple[str | None, str | None]:
+    """Decoded, whitespace-normalised text, or (None, reason) when the line must go."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "invalid_utf8"
+    if _CONTROL.search(text):
+        return None, "control_chars"
+    normal = _SPACES.sub(" ", text).strip()
+    if not normal:
+        return None, "empty"
+    if normal != text:
+        stats.cleaned["whitespace"] += 1
+    return normal, None
+
+
+def clean_lines(rows: list[RawLine], stats: SplitStats, cfg: CleanConfig, filters: bool = True) -> list[Pair]:
+    """Apply the documented rules in order; the first rule that fails names the reason.
+
+    Unusable lines (invalid UTF-8, control characters, empty) always go. The
+    filters (length, ratio, duplicates) apply only when `filters` is true: a
+    given valid or test set is a benchmark and must stay as published.
+    """
+    kept: list[Pair] = []
+    seen: set[Pair] = set()
+    for row in rows:
+        src, reason = _clean_side(row.src, stats)
+        tgt, tgt_reason = _clean_side(row.tgt, stats) if src is not None else (None, None)
+        reason = reason or tgt_reason
+        if reason is not None or src is None or tgt is None:
+            stats.drop(reason or "empty", row.where)
+            continue
+        n_src, n_tgt = len(src.split()), len(tgt.split())
+        if not filters:
+            kept.append((src, tgt))
+            continue
+        if max(n_src, n_tgt) > cfg.max_words:
+            stats.drop("too_long", row.where)
+            continue
+        if max(n_src, n_tgt) >= cfg.min_ratio_words and max(n_src, n_tgt) > cfg.max_ratio * min(n_src, n_tgt):
+            stats.drop("length_ratio", row.where)
+            continue
+        if cfg.dedup and (src, tgt) in seen:
+            stats.drop("duplicate", row.where)
+            continue
+        seen.add((src, tgt))
+        kept.append((src, tgt))
+    return kept
+
+
+def drop_leaks(train: list[Pair], held_out: list[Pair], stats: SplitStats) -> list[Pair]:
+    """Remove training pairs whose source also occurs in valid/test (keeps test sets standard)."""
+    sources = {src for src, _ in held_out}
+    kept = [pair for pair in train if pair[0] not in sources]
+    stats.dropped["leak"] += len(train) - len(kept)
+    return kept
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def build_splits(cfg: IngestConfig, workspace: Path, download_dir: Path) -> tuple[dict[str, list[Pair]], dict[str, SplitStats]]:
+    """Read, clean and split the configured corpus. Pure apart from reading inputs."""
+    stats: dict[str, SplitStats] = {}
+    cleaned: dict[str, list[Pair]] = {}
+    if cfg.corpus == "builtin":
+        pairs = generate_pairs(cfg.builtin.pairs, cfg.builtin.seed)
+        rows = [RawLine(s.encode(), t.encode(), f"builtin:{n}") for n, (s, t) in enumerate(pairs, start=1)]
+        stats["train"] = SplitStats(read=len(rows))
+        cleaned["train"] = clean_lines(rows, stats["train"], cfg.clean)
+    else:
+        assert cfg.files is not None
+        for split in SPLITS:
+            source = getattr(cfg.files, split)
+            if source is None:
+                continue
+            rows, stats[split] = read_split(source, workspace, download_dir)
+            cleaned[split] = clean_lines(rows, stats[split], cfg.clean, filters=split == "train")
+
+    rng = random.Random(cfg.seed)
+    for split in ("test", "valid"):
+        if split in cleaned:
+            continue
+        # Carved out of train: the pairs move, so they count as kept in their new split.
+        train = cleaned["train"]
+        rng.shuffle(train)
+        size = getattr(cfg.holdout, split)
+        if len(train) <= size:
+            raise IngestError(f"cannot hold out {size} {split} pairs: train has only {len(train)} after cleaning")
+        cleaned[split], cleaned["train"] = train[:size], train[size:]
+        stats["train"].moved[split] += size
+        stats[split] = SplitStats(read=0, kept=size)
+
+    if cfg.clean.drop_leaks:
+        cleaned["train"] = drop_leaks(cleaned["train"], cleaned["valid"] + cleaned["test"], stats["train"])
+    for split in SPLITS:
+        if not cleaned[split]:
+            raise IngestError(f"the {split} split is empty after cleaning: {stats[split].to_dict()['dropped']}")
+        if stats[split].read:
+            stats[split].kept = len(cleaned[split])
+    return cleaned, stats
+
+
+def write_splits(splits: dict[str, list[Pair]], out_dir: Path) -> None:
+    """Write `{split}.src` / `{split}.tgt` atomically: all files or none replace the old ones."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        for split, pairs in splits.items():
+            (tmp / f"{split}.src").write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
+            (tmp / f"{split}.tgt").write_text("".join(t + "\n" for _, t in pairs), encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_prepared(out_dir: Path, split: str) -> list[Pair]:
+    src = (out_dir / f"{split}.src").read_text(encoding="utf-8").splitlines()
+    tgt = (out_dir / f"{split}.tgt").read_text(encoding="utf-8").splitlines()
+    if len(src) != len(tgt):
+        raise IngestError(f"{out_dir}/{split}.src has {len(src)} lines but {split}.tgt has {len(tgt)}")
+    return list(zip(src, tgt, strict=True))
+
+
+def run(cfg: IngestConfig, workspace: Path, out_dir: Path, stats_path: Path) -> dict[str, SplitStats]:
+    splits, stats = build_splits(cfg, workspace, workspace / ".cache" / "downloads")
+    write_splits(splits, out_dir)
+    report = {"src_lang": cfg.src_lang, "tgt_lang": cfg.tgt_lang, **{k: v.to_dict() for k, v in stats.items()}}
+    stats_path.parent.mkdir(parents=True, exist_ok=True)
+    stats_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for split in SPLITS:
+        s = stats[split]
+        log.info(
+            "%-5s read %6d  kept %6d  dropped %s  cleaned %s",
+            split,
+            s.read,
+            len(splits[split]),
+            dict(s.dropped) or "-",
+            dict(s.cleaned) or "-",
+        )
+    return stats

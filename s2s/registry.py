@@ -1,0 +1,187 @@
+"""MLflow: the one module of `s2s` that talks to the tracking server and registry.
+
+`register` is idempotent: every version carries a lineage key (a hash of the
+tokenizer, the model and the decoding settings, as DVC recorded them), and a
+key that is already registered is returned instead of creating a new version,
+so a retry after a crash, or a run where nothing changed, registers nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.metadata
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from s2s.config import EvaluateConfig, Params, RegistryConfig
+
+log = logging.getLogger(__name__)
+
+LINEAGE_TAG = "s2s.lineage"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class S2SPyfunc(mlflow.pyfunc.PythonModel):
+    """A registered s2s model: source strings in, translations out."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from s2s.translate import Translator  # imported here: `code_paths` puts s2s on the path first
+
+        self.translator = Translator.load(Path(context.artifacts["model"]), Path(context.artifacts["tokenizer"]))
+        self.decoding = EvaluateConfig.model_validate(json.loads(Path(context.artifacts["decoding"]).read_text()))
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: list[str], params: dict[str, Any] | None = None
+    ) -> list[str]:
+        return self.translator.translate([str(s) for s in model_input], self.decoding)
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What one pipeline run produced, as files in the workspace."""
+
+    workspace: Path
+    params: Params
+    model_file: Path
+    tokenizer_dir: Path
+    train_curve: Path
+    train_summary: Path
+    eval_metrics: Path
+    hypotheses: Path
+    ingest_stats: Path
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: str
+    run_id: str
+    created: bool  # False when this lineage was registered before
+    tracking_uri: str
+
+
+def _requirements() -> list[str]:
+    """What the served model needs, at the versions it was trained with (local labels like +cpu dropped)."""
+    names = ("torch", "sentencepiece", "sacrebleu", "pydantic", "pyyaml", "mlflow")
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in names]
+
+
+def lineage_key(dvc_lock: dict[str, Any], evaluate: EvaluateConfig) -> str:
+    """Hash of what the registered model is made of: tokenizer and model outputs, decoding settings."""
+    outs = {
+        stage: sorted((o["path"], o.get("md5", "")) for o in dvc_lock["stages"][stage].get("outs", []))
+        for stage in ("tokenizer", "train")
+    }
+    blob = json.dumps({"outs": outs, "decoding": evaluate.model_dump()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _resolve_uri(uri: str, workspace: Path) -> str:
+    """Relative sqlite paths are relative to the workspace, not to wherever we were started."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str((workspace / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def connect(cfg: RegistryConfig, workspace: Path) -> tuple[MlflowClient, str]:
+    uri = _resolve_uri(cfg.tracking_uri, workspace)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        root = Path(cfg.artifact_root)
+        root = root if root.is_absolute() else workspace / root
+        mlflow.create_experiment(cfg.experiment, artifact_location=root.resolve().as_uri())
+    mlflow.set_experiment(cfg.experiment)
+    return MlflowClient(uri, uri), uri
+
+
+def find_version(client: MlflowClient, name: str, key: str) -> ModelVersion | None:
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    return next((v for v in versions if v.tags.get(LINEAGE_TAG) == key), None)
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: value}
+
+
+def log_run(inputs: RunInputs, tags: dict[str, str]) -> None:
+    """Params, per-epoch curves, final metrics and report files into the active run."""
+    flat = _flatten("", inputs.params.model_dump(exclude={"registry", "remote"}))
+    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+    mlflow.set_tags(tags)
+    with inputs.train_curve.open() as handle:
+        for row in csv.DictReader(handle):
+            epoch = int(row.pop("epoch"))
+            mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if v != ""}, step=epoch)
+    summary = json.loads(inputs.train_summary.read_text())
+    metrics = json.loads(inputs.eval_metrics.read_text())
+    numeric = {**{f"train/{k}": v for k, v in summary.items()}, **{f"test/{k}": v for k, v in metrics.items()}}
+    mlflow.log_metrics({k: float(v) for k, v in numeric.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+    mlflow.set_tag("test.bleu_signature", metrics.get("bleu_signature", ""))
+    for path in (inputs.eval_metrics, inputs.hypotheses, inputs.train_curve, inputs.train_summary, inputs.ingest_stats):
+        mlflow.log_artifact(str(path), artifact_path="reports")
+    for name in ("params.yaml", "dvc.lock"):
+        if (inputs.workspace / name).is_file():
+            mlflow.log_artifact(str(inputs.workspace / name), artifact_path="lineage")
+
+
+def register(inputs: RunInputs, key: str, tags: dict[str, str], description: str) -> Registered:
+    """Log one run and register its model, unless this lineage key is registered already."""
+    cfg = inputs.params.registry
+    client, uri = connect(cfg, inputs.workspace)
+    existing = find_version(client, cfg.model_name, key)
+    if existing is not None:
+        log.info("model %s version %s already has lineage %s: nothing to register", cfg.model_name, existing.version, key)
+        return Registered(cfg.model_name, str(existing.version), existing.run_id or "", False, uri)
+
+    staging = inputs.workspace / ".cache" / "register"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    decoding = staging / "decoding.json"
+    decoding.write_text(json.dumps(inputs.params.evaluate.model_dump()))
+    with mlflow.start_run(run_name=f"s2s-{key[:8]}") as run:
+        log_run(inputs, {**tags, LINEAGE_TAG: key})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=S2SPyfunc(),
+            artifacts={"model": str(inputs.model_file), "tokenizer": str(inputs.tokenizer_dir), "decoding": str(decoding)},
+            code_paths=[str(PACKAGE_DIR)],
+            # Given, not inferred: inference loads the model in a subprocess, which costs seconds.
+            pip_requirements=_requirements(),
+        )
+        try:
+            client.get_registered_model(cfg.model_name)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(
+                cfg.model_name, description="s2s translation model (source strings in, translations out)"
+            )
+        version = client.create_model_version(
+            cfg.model_name,
+            source=info.model_uri,
+            run_id=run.info.run_id,
+            tags={**tags, LINEAGE_TAG: key},
+            description=description,
+            model_id=info.model_id,
+        )
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("registered %s version %s (run %s)", cfg.model_name, version.version, run.info.run_id)
+    return Registered(cfg.model_name, str(version.version), run.info.run_id, True, uri)

@@ -1,0 +1,159 @@
+"""Greedy and batched beam search, shared by every architecture.
+
+Both decode incrementally: the model's `DecoderState` is carried from step to
+step (and reordered for beams), so no step recomputes the prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from s2s.models import Seq2Seq
+from s2s.tokenizer import BOS, EOS
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: list[int]  # target ids, without BOS and EOS
+    score: float  # log-probability (beam: divided by the length penalty)
+    attention: torch.Tensor | None  # (len(tokens) + 1, S) weights for each output step incl. EOS
+
+
+def max_lengths(src_len: torch.Tensor, a: float, b: int) -> torch.Tensor:
+    """Per-sentence limit on output tokens (EOS not counted), relative to the source length."""
+    return (src_len.float() * a + b).long().clamp(min=1)  # (B,)
+
+
+def _trim(tokens: list[int]) -> list[int]:
+    return tokens[: tokens.index(EOS)] if EOS in tokens else tokens
+
+
+@torch.no_grad()
+def greedy(
+    model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10
+) -> list[Hypothesis]:
+    """Argmax decoding of a batch; src (B, S), src_len (B,)."""
+    batch = src.size(0)
+    limits = max_lengths(src_len, max_len_a, max_len_b).to(src.device)
+    state = model.encode(src, src_len)
+    token = torch.full((batch, 1), BOS, dtype=torch.long, device=src.device)
+    steps, attn_steps = [], []
+    score = torch.zeros(batch, device=src.device)
+    alive = torch.ones(batch, dtype=torch.bool, device=src.device)
+    for t in range(int(limits.max()) + 1):
+        out = model.decode(token, state)
+        state = out.state
+        logp = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
+        logp[limits <= t] = float("-inf")
+        logp[limits <= t, EOS] = 0.0  # at the length limit only EOS remains
+        best, token = logp.max(-1)  # (B,), (B,)
+        score += torch.where(alive, best, torch.zeros_like(best))
+        steps.append(token)
+        if out.attention is not None:
+            attn_steps.append(out.attention[:, -1])
+        alive &= token != EOS
+        token = token[:, None]
+        if not alive.any():
+            break
+    tokens = torch.stack(steps, 1).tolist()  # (B, T)
+    attention = torch.stack(attn_steps, 1) if attn_steps else None  # (B, T, S)
+    hyps = []
+    for i, seq in enumerate(tokens):
+        out_tokens = _trim(seq)
+        n = min(len(out_tokens) + 1, len(seq))
+        weights = attention[i, :n, : int(src_len[i])].cpu() if attention is not None else None
+        hyps.append(Hypothesis(out_tokens, float(score[i]), weights))
+    return hyps
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty (Wu et al. 2016); alpha 0 disables it."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_len: torch.Tensor,
+    beam: int,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    alpha: float = 1.0,
+    n_best: int = 1,
+) -> list[list[Hypothesis]]:
+    """Batched beam search; returns the `n_best` best hypotheses of every sentence, best first.
+
+    Each step takes the 2K best continuations of the K beams: those ending in
+    EOS within the top K are finished, the best K others go on. A sentence is
+    done when it has K finished hypotheses (or reaches its length limit, where
+    only EOS is allowed).
+    """
+    if beam < 1 or not 1 <= n_best <= beam:
+        raise ValueError(f"need beam >= 1 and 1 <= n_best <= beam, got beam={beam}, n_best={n_best}")
+    batch, k, device = src.size(0), beam, src.device
+    limits = max_lengths(src_len, max_len_a, max_len_b).to(device)
+    flat = torch.arange(batch, device=device).repeat_interleave(k)  # (B*K,)
+    state = model.encode(src, src_len).select(flat)
+    scores = torch.full((batch, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    tokens = torch.full((batch * k, 1), BOS, dtype=torch.long, device=device)
+    history: torch.Tensor | None = None  # (B*K, t, S) attention so far
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for t in range(int(limits.max()) + 1):
+        out = model.decode(tokens[:, -1:], state)
+        logp = out.logits[:, -1].float().log_softmax(-1)  # (B*K, V)
+        vocab = logp.size(-1)
+        at_limit = (limits <= t).repeat_interleave(k)  # past the limit only EOS remains
+        logp[at_limit] = float("-inf")
+        logp[at_limit, EOS] = 0.0
+        cand = (scores.view(-1, 1) + logp).view(batch, k * vocab)  # (B, K*V)
+        cand[done] = float("-inf")
+        top_scores, top_idx = cand.topk(2 * k, dim=1)  # (B, 2K)
+        top_beam, top_tok = top_idx // vocab, top_idx % vocab  # (B, 2K)
+        is_eos = top_tok == EOS
+        step_attn = out.attention[:, -1:] if out.attention is not None else None  # (B*K, 1, S)
+        if step_attn is not None:
+            history = step_attn if history is None else torch.cat([history, step_attn], dim=1)
+
+        # Finished hypotheses: EOS candidates ranked within the top K.
+        hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
+        for b, rank in hits:
+            if len(finished[b]) >= k:
+                continue
+            row = b * k + int(top_beam[b, rank])
+            seq = tokens[row, 1:].tolist()
+            attn = history[row, :, : int(src_len[b])].cpu() if history is not None else None
+            norm = float(top_scores[b, rank]) / length_penalty(len(seq) + 1, alpha)
+            finished[b].append(Hypothesis(seq, norm, attn))
+        done |= torch.tensor([len(f) >= k for f in finished], device=device)
+        if bool(done.all()):
+            break
+
+        # The K best non-EOS candidates continue (at most K of the 2K are EOS).
+        rank = (is_eos.float() * 2 * k + torch.arange(2 * k, device=device)).argsort(dim=1)[:, :k]  # (B, K)
+        scores = top_scores.gather(1, rank)
+        keep = (torch.arange(batch, device=device)[:, None] * k + top_beam.gather(1, rank)).view(-1)  # (B*K,)
+        state = out.state.select(keep)
+        tokens = torch.cat([tokens[keep], top_tok.gather(1, rank).view(-1, 1)], dim=1)
+        if history is not None:
+            history = history[keep]
+    return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]
+
+
+def translate_ids(
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_len: torch.Tensor,
+    beam: int = 1,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    alpha: float = 1.0,
+) -> list[Hypothesis]:
+    """The best hypothesis per sentence: greedy for beam 1, else beam search."""
+    if beam == 1:
+        return greedy(model, src, src_len, max_len_a, max_len_b)
+    return [h[0] for h in beam_search(model, src, src_len, beam, max_len_a, max_len_b, alpha)]

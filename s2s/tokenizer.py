@@ -1,0 +1,99 @@
+"""SentencePiece subword vocabularies: trained once in their own stage, loaded everywhere else.
+
+Special ids are fixed (pad 0, unk 1, bos 2, eos 3) so the model code can rely
+on them whatever the vocabulary.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+
+from s2s.config import TokenizerConfig
+from s2s.errors import S2SError
+
+log = logging.getLogger(__name__)
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+META = "tokenizer.json"
+
+
+class TokenizerError(S2SError, RuntimeError):
+    pass
+
+
+def _train_one(sentences: list[str], cfg: TokenizerConfig, out: Path) -> None:
+    model = io.BytesIO()
+    spm.set_random_generator_seed(cfg.seed)  # sentence sampling is random; fix it for reproducible vocabularies
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            model_type=cfg.model_type,
+            vocab_size=cfg.vocab_size,
+            character_coverage=cfg.character_coverage,
+            input_sentence_size=cfg.max_sentences,
+            shuffle_input_sentence=True,
+            pad_id=PAD,
+            unk_id=UNK,
+            bos_id=BOS,
+            eos_id=EOS,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        limit = re.search(r"value <= (\d+)", str(err))
+        if limit or "Vocabulary size" in str(err):
+            most = f"at most {limit.group(1)} fits" if limit else str(err)
+            raise TokenizerError(
+                f"tokenizer.vocab_size={cfg.vocab_size} is too large for this data ({most}); lower tokenizer.vocab_size"
+            ) from None
+        raise
+    out.write_bytes(model.getvalue())
+
+
+def train(cfg: TokenizerConfig, src: list[str], tgt: list[str], out_dir: Path) -> None:
+    """Train one joint model, or one per side, into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.joint:
+        _train_one(src + tgt, cfg, out_dir / "joint.model")
+        meta = {"src": "joint.model", "tgt": "joint.model"}
+    else:
+        _train_one(src, cfg, out_dir / "src.model")
+        _train_one(tgt, cfg, out_dir / "tgt.model")
+        meta = {"src": "src.model", "tgt": "tgt.model"}
+    (out_dir / META).write_text(json.dumps({**meta, "config": cfg.model_dump()}, indent=2) + "\n")
+    log.info("trained %s tokenizer(s), vocab %d, in %s", "joint" if cfg.joint else "separate", cfg.vocab_size, out_dir)
+
+
+@dataclass(frozen=True)
+class Tokenizers:
+    """The source and target processors (the same object when the vocabulary is joint)."""
+
+    src: spm.SentencePieceProcessor
+    tgt: spm.SentencePieceProcessor
+
+    @classmethod
+    def load(cls, directory: Path) -> Tokenizers:
+        meta_path = directory / META
+        if not meta_path.is_file():
+            raise TokenizerError(f"{meta_path}: tokenizer metadata not found; run the tokenizer stage first")
+        meta = json.loads(meta_path.read_text())
+        src = spm.SentencePieceProcessor(model_file=str(directory / meta["src"]))
+        tgt = src if meta["tgt"] == meta["src"] else spm.SentencePieceProcessor(model_file=str(directory / meta["tgt"]))
+        return cls(src=src, tgt=tgt)
+
+    def encode_src(self, sentences: list[str]) -> list[list[int]]:
+        return self.src.encode(sentences)
+
+    def encode_tgt(self, sentences: list[str]) -> list[list[int]]:
+        return self.tgt.encode(sentences)
+
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]:
+        return self.tgt.decode(ids)

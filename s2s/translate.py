@@ -1,0 +1,100 @@
+"""Text in, text out: a trained model plus its tokenizers.
+
+Used by the evaluate stage, the registered MLflow model and `s2s translate`,
+so all three decode the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from s2s import checkpoint
+from s2s.batching import pad
+from s2s.config import EvaluateConfig
+from s2s.models import Seq2Seq
+from s2s.search import Hypothesis, translate_ids
+from s2s.tokenizer import Tokenizers
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Translation:
+    source: str
+    text: str
+    tokens: list[str]  # target subword pieces (without EOS)
+    source_tokens: list[str]
+    attention: list[list[float]] | None  # (len(tokens) + 1, len(source_tokens)): rows incl. EOS
+
+
+class Translator:
+    # Longer inputs are cut: far beyond anything trained on, and they would blow up memory.
+    max_source_len = 512
+
+    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, device: torch.device) -> None:
+        self.model, self.tok, self.device = model.eval(), tokenizers, device
+
+    @classmethod
+    def load(cls, model_path: Path, tokenizer_dir: Path, device: str = "auto") -> Translator:
+        dev = resolve_device(device)
+        model, _, _ = checkpoint.load_model(model_path, dev)
+        return cls(model, Tokenizers.load(tokenizer_dir), dev)
+
+    def _batches(self, ids: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+        # Longest first, so similar lengths share a batch and a too-big batch fails early.
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+
+    def hypotheses(
+        self,
+        sources: list[str],
+        cfg: EvaluateConfig,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[list[list[int]], list[Hypothesis]]:
+        """Source ids and the best hypothesis for each sentence, in input order."""
+        ids = [s[: self.max_source_len] for s in self.tok.encode_src(sources)]
+        ids = [s if s else [self.tok.src.unk_id()] for s in ids]  # an empty line still gets decoded
+        results: list[Hypothesis | None] = [None] * len(ids)
+        for index in self._batches(ids, cfg.batch_size):
+            src = pad([ids[i] for i in index]).to(self.device)
+            src_len = torch.tensor([len(ids[i]) for i in index], device=self.device)
+            hyps = translate_ids(self.model, src, src_len, cfg.beam_size, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty)
+            for i, hyp in zip(index, hyps, strict=True):
+                results[i] = hyp
+            if progress is not None:
+                progress(len(index))
+        return ids, [r for r in results if r is not None]
+
+    def translate(self, sources: list[str], cfg: EvaluateConfig | None = None) -> list[str]:
+        _, hyps = self.hypotheses(sources, cfg or EvaluateConfig())
+        return self.tok.decode_tgt([h.tokens for h in hyps])
+
+    def translate_with_attention(self, sources: list[str], cfg: EvaluateConfig | None = None) -> list[Translation]:
+        ids, hyps = self.hypotheses(sources, cfg or EvaluateConfig())
+        texts = self.tok.decode_tgt([h.tokens for h in hyps])
+        return [
+            Translation(
+                source=source,
+                text=text,
+                tokens=[self.tok.tgt.id_to_piece(t) for t in hyp.tokens],
+                source_tokens=[self.tok.src.id_to_piece(t) for t in src_ids],
+                attention=hyp.attention.tolist() if hyp.attention is not None else None,
+            )
+            for source, text, hyp, src_ids in zip(sources, texts, hyps, ids, strict=True)
+        ]

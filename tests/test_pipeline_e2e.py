@@ -1,0 +1,102 @@
+"""The whole pipeline through the real Prefect flow, DVC and MLflow, on a tiny config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_PARAMS, deep_merge, make_workspace
+
+pytestmark = pytest.mark.slow
+
+
+def _versions(workspace: Path) -> list[dict[str, str]]:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    return [
+        {"version": str(v.version), "run_id": v.run_id, **v.tags}
+        for v in sorted(client.search_model_versions("name = 's2s-translator'"), key=lambda v: int(v.version))
+    ]
+
+
+def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) -> None:
+    from flows.pipeline import pipeline
+
+    ws = make_workspace(tmp_path / "ws", TINY_PARAMS)
+
+    first = pipeline(workspace=str(ws))
+    assert first["stages_ran"] == {"ingest": True, "tokenizer": True, "train": True, "evaluate": True}
+    for path in (
+        "data/prepared/train.src",
+        "data/prepared/test.tgt",
+        "artifacts/tokenizer/joint.model",
+        "artifacts/model/model.pt",
+        "metrics/train_curve.csv",
+        "reports/hypotheses.tsv",
+        "dvc.lock",
+    ):
+        assert (ws / path).is_file(), path
+    metrics = json.loads((ws / "metrics/eval.json").read_text())
+    assert metrics["sentences"] == 100
+    assert metrics["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    stats = json.loads((ws / "metrics/ingest.json").read_text())
+    train = stats["train"]
+    assert train["read"] == train["kept"] + train["dropped_total"] + sum(train["moved"].values())
+    versions = _versions(ws)
+    assert [v["version"] for v in versions] == ["1"]
+    assert (
+        versions[0]["git.commit"]
+        == subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    )
+    assert first["registered"]["created"] is True
+    # Data and artifacts reached the DVC remote.
+    remote = ws.parent / "ws-remote"
+    assert any(p.is_file() for p in remote.rglob("*"))
+
+    # Nothing changed: every stage skipped, nothing registered.
+    second = pipeline(workspace=str(ws))
+    assert not any(second["stages_ran"].values())
+    assert second["registered"] == {**first["registered"], "created": False}
+    assert len(_versions(ws)) == 1
+
+    # One training param changed: only train and evaluate run, and a new version appears.
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    (ws / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, {"train": {"lr": 0.004}}), sort_keys=False))
+    third = pipeline(workspace=str(ws))
+    assert third["stages_ran"] == {"ingest": False, "tokenizer": False, "train": True, "evaluate": True}
+    versions = _versions(ws)
+    assert [v["version"] for v in versions] == ["1", "2"]
+    assert versions[0]["s2s.lineage"] != versions[1]["s2s.lineage"]
+
+    # The registered model loads in a fresh process, from its URI alone, and translates.
+    script = (
+        "import json, sys, mlflow.pyfunc\n"
+        f"mlflow.set_registry_uri('sqlite:///{ws / 'mlflow.db'}')\n"
+        "model = mlflow.pyfunc.load_model('models:/s2s-translator/2')\n"
+        "print(json.dumps(list(model.predict(['We saw a big dog yesterday.', 'They sold the old book.']))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    translations = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(translations) == 2 and all(isinstance(t, str) and t for t in translations)
+
+
+def test_failing_stage_fails_the_flow_with_its_error(tmp_path: Path, prefect_home: None) -> None:
+    from flows.pipeline import pipeline
+
+    params = deep_merge(TINY_PARAMS, {"tokenizer": {"vocab_size": 50000}})
+    ws = make_workspace(tmp_path / "ws", params)
+    state = pipeline(workspace=str(ws), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(
+        Exception,
+        match=r"tokenizer failed with exit code \d+:(.|\n)*"
+        r"tokenizer.vocab_size=50000 is too large for this data \(at most \d+ fits\)",
+    ):
+        state.result()
+    assert not (ws / "mlflow.db").exists() or _versions(ws) == []
