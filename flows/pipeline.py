@@ -34,6 +34,7 @@ PATHS = {
     "train_summary": "metrics/train.json",
     "eval_metrics": "metrics/eval.json",
     "hypotheses": "reports/hypotheses.tsv",
+    "attention_dir": "reports/attention",
 }
 
 

@@ -125,9 +125,29 @@ class RNNConfig(_Section):
     attention: Literal["none", "dot", "general", "additive"] = "general"
 
 
+class TransformerConfig(_Section):
+    d_model: int = Field(default=256, ge=8)
+    heads: int = Field(default=4, ge=1)
+    encoder_layers: int = Field(default=3, ge=1)
+    decoder_layers: int = Field(default=3, ge=1)
+    ff: int = Field(default=1024, ge=1)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = Field(default=512, ge=16)
+    tie_output: bool = True
+    share_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
+
+
 class ModelConfig(_Section):
-    arch: Literal["rnn"] = "rnn"
+    arch: Literal["rnn", "transformer"] = "rnn"
     rnn: RNNConfig = RNNConfig()
+    transformer: TransformerConfig = TransformerConfig()
 
 
 # ---------------------------------------------------------------------------- train
@@ -139,6 +159,8 @@ class TrainConfig(_Section):
     epochs: int = Field(default=4, ge=1)
     batch_tokens: int = Field(default=4000, ge=16)
     lr: float = Field(default=2e-3, gt=0.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["constant", "inverse_sqrt"] = "constant"
     clip: float = Field(default=1.0, gt=0.0)
     teacher_forcing: float = Field(default=1.0, ge=0.0, le=1.0)
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
@@ -156,6 +178,7 @@ class EvaluateConfig(_Section):
     max_len_a: float = Field(default=1.5, gt=0.0)
     max_len_b: int = Field(default=10, ge=0)
     length_penalty: float = Field(default=1.0, ge=0.0)
+    attention_maps: int = Field(default=4, ge=0)
 
 
 # -------------------------------------------------- orchestration (not a DVC stage)

@@ -52,7 +52,25 @@ def length_buckets(
     }
 
 
-def run(cfg: EvaluateConfig, translator: Translator, prepared: Path, metrics_path: Path, hyps_path: Path) -> dict[str, Any]:
+def draw_attention(cfg: EvaluateConfig, translator: Translator, sources: list[str], out_dir: Path) -> list[Path]:
+    """Heatmaps for the first `cfg.attention_maps` sentences; none for models without attention."""
+    from s2s.plots import attention_heatmap  # matplotlib only when maps are drawn
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    translations = translator.translate_with_attention(sources[: cfg.attention_maps], cfg)
+    return [
+        attention_heatmap(t, out_dir / f"sentence_{i + 1:02d}.png") for i, t in enumerate(translations) if t.attention is not None
+    ]
+
+
+def run(
+    cfg: EvaluateConfig,
+    translator: Translator,
+    prepared: Path,
+    metrics_path: Path,
+    hyps_path: Path,
+    attention_dir: Path | None = None,
+) -> dict[str, Any]:
     pairs = read_prepared(prepared, "test")
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
     start = time.perf_counter()
@@ -86,4 +104,7 @@ def run(cfg: EvaluateConfig, translator: Translator, prepared: Path, metrics_pat
         seconds,
     )
     log.info("signature: %s", metrics["bleu_signature"])
+    if attention_dir is not None:
+        maps = draw_attention(cfg, translator, sources, attention_dir)
+        log.info("%d attention maps in %s", len(maps), attention_dir)
     return metrics

@@ -45,6 +45,18 @@ class S2SPyfunc(mlflow.pyfunc.PythonModel):
     ) -> list[str]:
         return self.translator.translate([str(s) for s in model_input], self.decoding)
 
+    def attention(self, sources: list[str]) -> list[dict[str, Any]]:
+        """Translations with their source-target attention, for `load_model(uri).unwrap_python_model()`.
+
+        Each item has `translation`, `source_tokens`, `target_tokens` and
+        `weights` (one row per target token plus </s>, one column per source
+        token); `weights` is None for a model without attention.
+        """
+        return [
+            {"translation": t.text, "source_tokens": t.source_tokens, "target_tokens": t.tokens, "weights": t.attention}
+            for t in self.translator.translate_with_attention(sources, self.decoding)
+        ]
+
 
 @dataclass(frozen=True)
 class RunInputs:
@@ -59,6 +71,7 @@ class RunInputs:
     eval_metrics: Path
     hypotheses: Path
     ingest_stats: Path
+    attention_dir: Path
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,8 @@ def lineage_key(dvc_lock: dict[str, Any], evaluate: EvaluateConfig) -> str:
         stage: sorted((o["path"], o.get("md5", "")) for o in dvc_lock["stages"][stage].get("outs", []))
         for stage in ("tokenizer", "train")
     }
-    blob = json.dumps({"outs": outs, "decoding": evaluate.model_dump()}, sort_keys=True)
+    decoding = evaluate.model_dump(include={"beam_size", "max_len_a", "max_len_b", "length_penalty"})
+    blob = json.dumps({"outs": outs, "decoding": decoding}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -139,6 +153,8 @@ def log_run(inputs: RunInputs, tags: dict[str, str]) -> None:
     mlflow.set_tag("test.bleu_signature", metrics.get("bleu_signature", ""))
     for path in (inputs.eval_metrics, inputs.hypotheses, inputs.train_curve, inputs.train_summary, inputs.ingest_stats):
         mlflow.log_artifact(str(path), artifact_path="reports")
+    if inputs.attention_dir.is_dir():
+        mlflow.log_artifacts(str(inputs.attention_dir), artifact_path="attention")
     for name in ("params.yaml", "dvc.lock"):
         if (inputs.workspace / name).is_file():
             mlflow.log_artifact(str(inputs.workspace / name), artifact_path="lineage")

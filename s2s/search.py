@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from s2s.models import Seq2Seq
-from s2s.tokenizer import BOS, EOS
+from s2s.tokenizer import BOS, EOS, PAD
+
+NEVER = [PAD, BOS]  # tokens a hypothesis can never contain
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ def greedy(
         out = model.decode(token, state)
         state = out.state
         logp = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
+        logp[:, NEVER] = float("-inf")
         logp[limits <= t] = float("-inf")
         logp[limits <= t, EOS] = 0.0  # at the length limit only EOS remains
         best, token = logp.max(-1)  # (B,), (B,)
@@ -73,6 +76,23 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
+def _done(finished: list[list[Hypothesis]], best_alive: list[float], limits: list[int], k: int, alpha: float,
+          done: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """A sentence is done when K hypotheses finished and no live one can still beat the worst of them.
+
+    Log-probabilities only fall as a hypothesis grows, and the length penalty
+    divides by at most lp(limit + 1), so `best_alive / lp(limit + 1)` bounds
+    what any live hypothesis can still reach: stopping then loses nothing.
+    """
+    out = done.clone()
+    for b, (hyps, alive) in enumerate(zip(finished, best_alive, strict=True)):
+        if out[b] or len(hyps) < k:
+            continue
+        bound = alive / length_penalty(limits[b] + 1, alpha) if alpha > 0 else alive
+        out[b] = hyps[-1].score >= bound
+    return out
+
+
 @torch.no_grad()
 def beam_search(
     model: Seq2Seq,
@@ -88,8 +108,8 @@ def beam_search(
 
     Each step takes the 2K best continuations of the K beams: those ending in
     EOS within the top K are finished, the best K others go on. A sentence is
-    done when it has K finished hypotheses (or reaches its length limit, where
-    only EOS is allowed).
+    done when its K best finished hypotheses cannot be beaten any more (see
+    `_done`), or at its length limit, where only EOS is allowed.
     """
     if beam < 1 or not 1 <= n_best <= beam:
         raise ValueError(f"need beam >= 1 and 1 <= n_best <= beam, got beam={beam}, n_best={n_best}")
@@ -106,6 +126,7 @@ def beam_search(
     for t in range(int(limits.max()) + 1):
         out = model.decode(tokens[:, -1:], state)
         logp = out.logits[:, -1].float().log_softmax(-1)  # (B*K, V)
+        logp[:, NEVER] = float("-inf")
         vocab = logp.size(-1)
         at_limit = (limits <= t).repeat_interleave(k)  # past the limit only EOS remains
         logp[at_limit] = float("-inf")
@@ -119,23 +140,21 @@ def beam_search(
         if step_attn is not None:
             history = step_attn if history is None else torch.cat([history, step_attn], dim=1)
 
-        # Finished hypotheses: EOS candidates ranked within the top K.
+        # Finished hypotheses: EOS candidates ranked within the top K; each sentence keeps its K best.
         hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
         for b, rank in hits:
-            if len(finished[b]) >= k:
-                continue
             row = b * k + int(top_beam[b, rank])
             seq = tokens[row, 1:].tolist()
             attn = history[row, :, : int(src_len[b])].cpu() if history is not None else None
             norm = float(top_scores[b, rank]) / length_penalty(len(seq) + 1, alpha)
-            finished[b].append(Hypothesis(seq, norm, attn))
-        done |= torch.tensor([len(f) >= k for f in finished], device=device)
-        if bool(done.all()):
-            break
+            finished[b] = sorted([*finished[b], Hypothesis(seq, norm, attn)], key=lambda h: -h.score)[:k]
 
         # The K best non-EOS candidates continue (at most K of the 2K are EOS).
         rank = (is_eos.float() * 2 * k + torch.arange(2 * k, device=device)).argsort(dim=1)[:, :k]  # (B, K)
         scores = top_scores.gather(1, rank)
+        done = _done(finished, scores.max(dim=1).values.tolist(), limits.tolist(), k, alpha, done)
+        if bool(done.all()):
+            break
         keep = (torch.arange(batch, device=device)[:, None] * k + top_beam.gather(1, rank)).view(-1)  # (B*K,)
         state = out.state.select(keep)
         tokens = torch.cat([tokens[keep], top_tok.gather(1, rank).view(-1, 1)], dim=1)

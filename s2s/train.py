@@ -80,6 +80,16 @@ def validation_loss(model: Seq2Seq, batches: list[Batch], device: torch.device) 
     return total / max(tokens, 1)
 
 
+def lr_factor(step: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up over `warmup` steps, then constant or decaying as 1/sqrt(step)."""
+    step = max(step, 1)
+    if warmup and step < warmup:
+        return step / warmup
+    if schedule == "inverse_sqrt":
+        return (max(warmup, 1) / step) ** 0.5
+    return 1.0
+
+
 def _fmt_seconds(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -110,6 +120,7 @@ def train(
     model = build_model(model_cfg, tok.src.get_piece_size(), tok.tgt.get_piece_size()).to(device)
     log.info("model: %s, %.2fM parameters, device %s", model_cfg.arch, model.num_parameters() / 1e6, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step + 1, cfg.warmup_steps, cfg.lr_schedule))
     criterion = nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=cfg.label_smoothing)
     valid_batches = valid_data.batches(cfg.batch_tokens, shuffle=False)
     bleu_pairs = valid_pairs[: cfg.valid_bleu_sentences]
@@ -132,6 +143,7 @@ def train(
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
+            scheduler.step()
             n_tgt = batch.n_tgt_tokens
             tokens += n_tgt + batch.n_src_tokens
             loss_sum += loss.item() * n_tgt

@@ -6,22 +6,27 @@ import pytest
 import torch
 
 from s2s.batching import pad
-from s2s.config import ModelConfig, RNNConfig
+from s2s.config import ModelConfig, RNNConfig, TransformerConfig
 from s2s.models import Seq2Seq, build_model
 from s2s.search import beam_search, greedy
 from s2s.tokenizer import BOS, EOS
 
 VOCAB = 24
-VARIANTS = [(cell, attn) for cell in ("lstm", "gru") for attn in ("none", "dot", "general", "additive")]
+RNN_VARIANTS = [f"{cell}-{attn}" for cell in ("lstm", "gru") for attn in ("none", "dot", "general", "additive")]
+VARIANTS = [*RNN_VARIANTS, "transformer-sinusoidal", "transformer-learned"]
+ATTENTIVE = [v for v in VARIANTS if not v.endswith("-none")]
 
 
-def make(cell: str, attention: str, seed: int = 0, bidirectional: bool = True, layers: int = 1) -> Seq2Seq:
+def make(variant: str, seed: int = 0, layers: int = 1) -> Seq2Seq:
+    """A small model: `cell-attention` for recurrent ones, `transformer-positions` for Transformers."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(
-        rnn=RNNConfig(
-            cell=cell, attention=attention, emb_dim=16, hidden=24, layers=layers, bidirectional=bidirectional, dropout=0.0
-        )
-    )
+    kind, option = variant.split("-")
+    if kind == "transformer":
+        tcfg = TransformerConfig(d_model=16, heads=2, encoder_layers=layers, decoder_layers=layers, ff=32, dropout=0.0,
+                                 positions=option, max_positions=64)  # fmt: skip
+        cfg = ModelConfig(arch="transformer", transformer=tcfg)
+    else:
+        cfg = ModelConfig(rnn=RNNConfig(cell=kind, attention=option, emb_dim=16, hidden=24, layers=layers, dropout=0.0))
     return build_model(cfg, VOCAB, VOCAB).eval()
 
 
@@ -33,21 +38,21 @@ def batch(sources: list[list[int]], targets: list[list[int]]) -> tuple[torch.Ten
     return pad(sources), torch.tensor([len(s) for s in sources]), pad([[BOS, *t] for t in targets])
 
 
-@pytest.mark.parametrize(("cell", "attention"), VARIANTS)
-def test_output_shapes(cell: str, attention: str) -> None:
-    model = make(cell, attention)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_output_shapes(variant: str) -> None:
+    model = make(variant)
     src, src_len, tgt_in = batch(SOURCES, TARGETS)
     out = model(src, src_len, tgt_in)
     assert out.logits.shape == (3, 5, VOCAB)  # (B, T, V)
-    if attention == "none":
+    if variant.endswith("-none"):
         assert out.attention is None
     else:
         assert out.attention is not None and out.attention.shape == (3, 5, 5)  # (B, T, S)
 
 
-@pytest.mark.parametrize(("cell", "attention"), VARIANTS)
-def test_padding_does_not_change_any_sentence(cell: str, attention: str) -> None:
-    model = make(cell, attention, layers=2)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padding_does_not_change_any_sentence(variant: str) -> None:
+    model = make(variant, layers=2)
     src, src_len, tgt_in = batch(SOURCES, TARGETS)
     together = model(src, src_len, tgt_in).logits
     for i, (s, t) in enumerate(zip(SOURCES, TARGETS, strict=True)):
@@ -58,9 +63,9 @@ def test_padding_does_not_change_any_sentence(cell: str, attention: str) -> None
     torch.testing.assert_close(model(wide, src_len, tgt_in).logits, together, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["dot", "general", "additive"])
-def test_attention_sums_to_one_over_real_source_tokens(attention: str) -> None:
-    model = make("lstm", attention)
+@pytest.mark.parametrize("variant", ATTENTIVE)
+def test_attention_sums_to_one_over_real_source_tokens(variant: str) -> None:
+    model = make(variant)
     src, src_len, tgt_in = batch(SOURCES, TARGETS)
     weights = model(src, src_len, tgt_in).attention
     assert weights is not None
@@ -69,9 +74,9 @@ def test_attention_sums_to_one_over_real_source_tokens(attention: str) -> None:
         assert torch.count_nonzero(weights[i, :, n:]) == 0
 
 
-@pytest.mark.parametrize(("cell", "attention"), VARIANTS)
-def test_incremental_decoding_equals_full_recomputation(cell: str, attention: str) -> None:
-    model = make(cell, attention)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_incremental_decoding_equals_full_recomputation(variant: str) -> None:
+    model = make(variant, layers=2)
     src, src_len, tgt_in = batch(SOURCES, TARGETS)
     full = model(src, src_len, tgt_in).logits
     state = model.encode(src, src_len)
@@ -83,9 +88,9 @@ def test_incremental_decoding_equals_full_recomputation(cell: str, attention: st
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("cell", "attention"), VARIANTS)
-def test_beam_of_one_is_greedy(cell: str, attention: str) -> None:
-    model = make(cell, attention, seed=3)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_beam_of_one_is_greedy(variant: str) -> None:
+    model = make(variant, seed=3)
     src, src_len, _ = batch(SOURCES, TARGETS)
     g = greedy(model, src, src_len, max_len_a=2.0, max_len_b=3)
     b = beam_search(model, src, src_len, beam=1, max_len_a=2.0, max_len_b=3, alpha=0.0)
@@ -94,8 +99,9 @@ def test_beam_of_one_is_greedy(cell: str, attention: str) -> None:
         assert gh.score == pytest.approx(bh[0].score, abs=1e-4)
 
 
-def test_beam_search_returns_sorted_n_best_within_length_limit() -> None:
-    model = make("lstm", "general", seed=4)
+@pytest.mark.parametrize("variant", ["lstm-general", "transformer-sinusoidal"])
+def test_beam_search_returns_sorted_n_best_within_length_limit(variant: str) -> None:
+    model = make(variant, seed=4)
     src, src_len, _ = batch(SOURCES, TARGETS)
     results = beam_search(model, src, src_len, beam=4, max_len_a=1.0, max_len_b=2, n_best=3)
     for hyps, n in zip(results, src_len.tolist(), strict=True):
@@ -107,14 +113,14 @@ def test_beam_search_returns_sorted_n_best_within_length_limit() -> None:
         beam_search(model, src, src_len, beam=2, n_best=3)
 
 
-@pytest.mark.parametrize(("cell", "attention"), [("lstm", "general"), ("gru", "additive"), ("lstm", "none")])
-def test_memorises_a_tiny_batch_exactly(cell: str, attention: str) -> None:
-    model = make(cell, attention, seed=0).train()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_memorises_a_tiny_batch_exactly(variant: str) -> None:
+    model = make(variant, seed=0).train()
     src, src_len, tgt_in = batch(SOURCES, TARGETS)
     tgt_out = pad([[*t, EOS] for t in TARGETS])
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=0)
-    for _ in range(150):
+    for _ in range(250):
         logits = model(src, src_len, tgt_in).logits
         loss = loss_fn(logits.reshape(-1, VOCAB), tgt_out.reshape(-1))
         optimizer.zero_grad()
@@ -125,8 +131,9 @@ def test_memorises_a_tiny_batch_exactly(cell: str, attention: str) -> None:
     assert [h[0].tokens for h in beam_search(model, src, src_len, beam=3)] == TARGETS
 
 
-def test_teacher_forcing_ratio_feeds_predictions() -> None:
-    model = make("lstm", "general")
+@pytest.mark.parametrize("variant", ["lstm-general", "transformer-learned"])
+def test_teacher_forcing_ratio_feeds_predictions(variant: str) -> None:
+    model = make(variant)
     src, src_len, tgt_in = batch(SOURCES, TARGETS)
     torch.manual_seed(0)
     forced = model(src, src_len, tgt_in, teacher_forcing=1.0).logits

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_PARAMS, deep_merge, make_workspace
+from conftest import TINY_PARAMS, deep_merge, make_workspace, run
 
 pytestmark = pytest.mark.slow
 
@@ -55,9 +55,23 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
         == subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
     )
     assert first["registered"]["created"] is True
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    logged = {a.path for a in client.list_artifacts(versions[0]["run_id"], "attention")}
+    assert "attention/sentence_01.png" in logged
+    history = client.get_metric_history(versions[0]["run_id"], "epoch/valid_bleu")
+    assert [m.step for m in history] == [1, 2]
     # Data and artifacts reached the DVC remote.
     remote = ws.parent / "ws-remote"
     assert any(p.is_file() for p in remote.rglob("*"))
+
+    # DVC alone, without Prefect, reproduces the same evaluation in a second workspace.
+    alone = make_workspace(tmp_path / "alone", TINY_PARAMS)
+    run([sys.executable, "-m", "dvc", "repro"], alone)
+    again = json.loads((alone / "metrics/eval.json").read_text())
+    assert {k: again[k] for k in ("bleu", "chrf", "ter")} == {k: metrics[k] for k in ("bleu", "chrf", "ter")}
+    assert (alone / "reports/hypotheses.tsv").read_text() == (ws / "reports/hypotheses.tsv").read_text()
 
     # Nothing changed: every stage skipped, nothing registered.
     second = pipeline(workspace=str(ws))
@@ -80,10 +94,38 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
         f"mlflow.set_registry_uri('sqlite:///{ws / 'mlflow.db'}')\n"
         "model = mlflow.pyfunc.load_model('models:/s2s-translator/2')\n"
         "print(json.dumps(list(model.predict(['We saw a big dog yesterday.', 'They sold the old book.']))))\n"
+        "print(json.dumps(model.unwrap_python_model().attention(['We saw a big dog yesterday.'])))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
-    translations = json.loads(out.stdout.strip().splitlines()[-1])
+    translations = json.loads(out.stdout.strip().splitlines()[-2])
     assert len(translations) == 2 and all(isinstance(t, str) and t for t in translations)
+    [attention] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert attention["translation"] == translations[0]
+    assert len(attention["weights"]) == len(attention["target_tokens"]) + 1  # a row per output token and </s>
+    assert all(len(row) == len(attention["source_tokens"]) and abs(sum(row) - 1) < 1e-4 for row in attention["weights"])
+
+    # `s2s translate` with the local checkpoint gives the registered model's translations (same greedy search).
+    from flows.cli import main
+
+    output = tmp_path / "out.txt"
+    (tmp_path / "in.txt").write_text("We saw a big dog yesterday.\nThey sold the old book.\n")
+    assert (
+        main(
+            [
+                "translate",
+                "--model",
+                str(ws / "artifacts/model"),
+                "--tokenizer",
+                str(ws / "artifacts/tokenizer"),
+                "--input",
+                str(tmp_path / "in.txt"),
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
+    assert output.read_text().splitlines() == translations
 
 
 def test_failing_stage_fails_the_flow_with_its_error(tmp_path: Path, prefect_home: None) -> None:

@@ -8,7 +8,7 @@ memory) instead of recomputing the prefix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -16,11 +16,13 @@ from torch import nn
 
 @dataclass
 class DecoderState:
-    """Everything the decoder needs to continue; every tensor has the batch on `batch_dims`."""
+    """Everything the decoder needs to continue from where it stopped."""
 
     memory: torch.Tensor  # (B, S, H) encoder outputs
     mask: torch.Tensor  # (B, S) true on real source tokens
-    hidden: tuple[torch.Tensor, ...]  # RNN: (L, B, H) per tensor (h, and c for LSTM)
+    hidden: tuple[torch.Tensor, ...] = ()  # RNN: (L, B, H) each (h, and c for LSTM); batch on dim 1
+    cache: tuple[torch.Tensor, ...] = ()  # Transformer: keys/values, (B, heads, T, Dh) each; batch on dim 0
+    step: int = 0  # target tokens consumed so far (the next token's position)
 
     def select(self, index: torch.Tensor) -> DecoderState:
         """Reorder / repeat the batch (beam search)."""
@@ -28,10 +30,12 @@ class DecoderState:
             memory=self.memory.index_select(0, index),
             mask=self.mask.index_select(0, index),
             hidden=tuple(h.index_select(1, index) for h in self.hidden),
+            cache=tuple(c.index_select(0, index) for c in self.cache),
+            step=self.step,
         )
 
     def __repr__(self) -> str:  # tensors are too long to print
-        return "DecoderState(" + ", ".join(f"{f.name}" for f in fields(self)) + ")"
+        return f"DecoderState(step={self.step}, hidden={len(self.hidden)}, cache={len(self.cache)})"
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ class RNNDecoder(nn.Module):
             memory=state.memory,
             mask=state.mask,
             hidden=new_hidden if isinstance(new_hidden, tuple) else (new_hidden,),
+            step=state.step + tgt_in.size(1),
         )
         weights = None
         if self.attention is not None:

@@ -17,11 +17,12 @@ def _args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model folder (checkpoint)")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics file")
     parser.add_argument("--hypotheses", type=Path, required=True, help="TSV of source, reference, hypothesis")
+    parser.add_argument("--attention", type=Path, required=True, help="folder for attention-map PNGs")
 
 
 def _run(args: argparse.Namespace, params: Params) -> None:
     translator = Translator.load(args.model / MODEL_FILE, args.tokenizer, params.train.device)
-    evaluate.run(params.evaluate, translator, args.data, args.metrics, args.hypotheses)
+    evaluate.run(params.evaluate, translator, args.data, args.metrics, args.hypotheses, args.attention)
 
 
 def main() -> None:

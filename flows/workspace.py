@@ -1,0 +1,56 @@
+"""Throw-away pipeline workspaces: a git + DVC repository holding the stages, the code and a params file.
+
+Used by the tests and the benchmarks to run the real pipeline away from the
+checkout (its data, models and registry stay untouched).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from s2s.config import parse_params
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=True)
+
+
+def write_params(root: Path, params: dict[str, Any]) -> None:
+    """Validated and complete, as a user's params.yaml is: DVC needs every key a stage lists."""
+    (root / "params.yaml").write_text(yaml.safe_dump(parse_params(params).model_dump(mode="json"), sort_keys=False))
+
+
+def make_workspace(root: Path, params: dict[str, Any]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "s2s", root / "s2s", ignore=shutil.ignore_patterns("__pycache__"))
+    local = {
+        "registry": {"tracking_uri": "sqlite:///mlflow.db", "artifact_root": "mlartifacts"},
+        "remote": {"url": str(root.parent / f"{root.name}-remote")},
+    }
+    write_params(root, deep_merge(params, local))
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.cache/\n__pycache__/\n")
+    git = ["git", "-c", "user.name=s2s", "-c", "user.email=s2s@example.invalid"]
+    run(["git", "init", "-q"], root)
+    run([sys.executable, "-m", "dvc", "init", "-q"], root)
+    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root)
+    run([*git, "add", "-A"], root)
+    run([*git, "commit", "-q", "-m", "workspace"], root)
+    return root
