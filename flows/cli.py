@@ -72,7 +72,12 @@ def _translate(args: argparse.Namespace) -> int:
 
         model_dir = Path(args.model)
         translator = Translator.load(model_dir / MODEL_FILE, Path(args.tokenizer))
-        outputs = translator.translate(lines, EvaluateConfig(beam_size=args.beam, batch_size=args.batch_size))
+        cfg = EvaluateConfig(beam_size=args.beam, batch_size=args.batch_size)
+        if args.n_best > 1:  # one line per hypothesis: sentence number, rank, text
+            nbest = translator.translate_nbest(lines, args.n_best, cfg)
+            outputs = [f"{i}\t{rank}\t{text}" for i, hyps in enumerate(nbest, 1) for rank, text in enumerate(hyps, 1)]
+        else:
+            outputs = translator.translate(lines, cfg)
     text = "".join(o + "\n" for o in outputs)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--input", help="file with one sentence per line")
     tr.add_argument("--output", help="write translations here instead of stdout")
     tr.add_argument("--beam", type=int, default=1, help="beam size (local checkpoints)")
+    tr.add_argument("--n-best", type=int, default=1, help="hypotheses per sentence (local checkpoints; beam >= n)")
     tr.add_argument("--batch-size", type=int, default=64)
     tr.set_defaults(func=_translate)
 

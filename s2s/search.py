@@ -171,8 +171,9 @@ def translate_ids(
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     alpha: float = 1.0,
-) -> list[Hypothesis]:
-    """The best hypothesis per sentence: greedy for beam 1, else beam search."""
-    if beam == 1:
-        return greedy(model, src, src_len, max_len_a, max_len_b)
-    return [h[0] for h in beam_search(model, src, src_len, beam, max_len_a, max_len_b, alpha)]
+    n_best: int = 1,
+) -> list[list[Hypothesis]]:
+    """The `n_best` best hypotheses per sentence: greedy for beam 1 (and one), else beam search."""
+    if beam == 1 and n_best == 1:
+        return [[h] for h in greedy(model, src, src_len, max_len_a, max_len_b)]
+    return beam_search(model, src, src_len, max(beam, n_best), max_len_a, max_len_b, alpha, n_best)

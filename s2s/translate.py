@@ -61,25 +61,38 @@ class Translator:
         for start in range(0, len(order), batch_size):
             yield order[start : start + batch_size]
 
-    def hypotheses(
+    def nbest(
         self,
         sources: list[str],
         cfg: EvaluateConfig,
+        n: int = 1,
         progress: Callable[[int], None] | None = None,
-    ) -> tuple[list[list[int]], list[Hypothesis]]:
-        """Source ids and the best hypothesis for each sentence, in input order."""
+    ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
+        """Source ids and the `n` best hypotheses of each sentence, best first, in input order."""
+        self.model.eval()
         ids = [s[: self.max_source_len] for s in self.tok.encode_src(sources)]
         ids = [s if s else [self.tok.src.unk_id()] for s in ids]  # an empty line still gets decoded
-        results: list[Hypothesis | None] = [None] * len(ids)
+        results: list[list[Hypothesis]] = [[] for _ in ids]
         for index in self._batches(ids, cfg.batch_size):
             src = pad([ids[i] for i in index]).to(self.device)
             src_len = torch.tensor([len(ids[i]) for i in index], device=self.device)
-            hyps = translate_ids(self.model, src, src_len, cfg.beam_size, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty)
+            hyps = translate_ids(self.model, src, src_len, cfg.beam_size, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, n)
             for i, hyp in zip(index, hyps, strict=True):
                 results[i] = hyp
             if progress is not None:
                 progress(len(index))
-        return ids, [r for r in results if r is not None]
+        return ids, results
+
+    def hypotheses(
+        self, sources: list[str], cfg: EvaluateConfig, progress: Callable[[int], None] | None = None
+    ) -> tuple[list[list[int]], list[Hypothesis]]:
+        """Source ids and the best hypothesis for each sentence, in input order."""
+        ids, results = self.nbest(sources, cfg, 1, progress)
+        return ids, [r[0] for r in results]
+
+    def translate_nbest(self, sources: list[str], n: int, cfg: EvaluateConfig | None = None) -> list[list[str]]:
+        _, results = self.nbest(sources, cfg or EvaluateConfig(), n)
+        return [self.tok.decode_tgt([h.tokens for h in hyps]) for hyps in results]
 
     def translate(self, sources: list[str], cfg: EvaluateConfig | None = None) -> list[str]:
         _, hyps = self.hypotheses(sources, cfg or EvaluateConfig())
