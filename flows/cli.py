@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -47,42 +48,107 @@ def _run(args: argparse.Namespace) -> int:
                 f"  (copying the source: BLEU {metrics['copy_source_bleu']})  -> {workspace / 'metrics/eval.json'}",
                 f"  MLflow run  : {reg['run_id']}  (mlflow ui --backend-store-uri {uri})",
                 f"  model       : models:/{reg['name']}/{reg['version']}  ({status})",
+                f"  gate        : {result['gate']['decision']}: {result['gate'].get('reason', '')}",
             ]
         )
     )
     return 0
 
 
+def _schedule(args: argparse.Namespace) -> int:
+    """Serve the flow as a deployment with a cron schedule; this process runs the scheduled runs."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.pipeline import pipeline
+
+    workspace = Path(args.workspace).resolve()
+    print(f"s2s: serving deployment s2s-pipeline/{args.name}, cron {args.cron!r}, workspace {workspace}")
+    pipeline.serve(
+        name=args.name,
+        cron=args.cron,
+        parameters={"workspace": str(workspace), "params_file": args.params, "force": args.force},
+        description="Scheduled s2s retraining: DVC re-runs only what changed, so an unchanged run trains nothing.",
+        tags=["s2s", "retraining"],
+        limit=1,  # never two runs of this deployment writing one workspace at once
+        pause_on_shutdown=False,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return 0
+
+
 def _translate(args: argparse.Namespace) -> int:
+    """Translate arguments or a file with a registered model (any models:/ URI) or a local checkpoint."""
+    from tqdm import tqdm
+
     from s2s.config import EvaluateConfig
 
     lines = Path(args.input).read_text(encoding="utf-8").splitlines() if args.input else args.text
     if not lines:
         print("s2s translate: give text arguments or --input FILE", file=sys.stderr)
         return 2
-    if "://" in args.model or args.model.startswith("models:/"):
+    cfg = EvaluateConfig(beam_size=max(args.beam, args.n_best), batch_size=args.batch_size)
+    if ":/" in args.model:  # models:/NAME/VERSION, models:/NAME@ALIAS, runs:/..., file:/...
         import mlflow.pyfunc
 
-        if args.tracking_uri:
-            mlflow.set_tracking_uri(args.tracking_uri)
-            mlflow.set_registry_uri(args.tracking_uri)
-        outputs = list(mlflow.pyfunc.load_model(args.model).predict(lines))
+        mlflow.set_tracking_uri(args.tracking_uri)
+        mlflow.set_registry_uri(args.tracking_uri)
+        if args.n_best > 1:
+            print("s2s translate: --n-best needs a local model folder", file=sys.stderr)
+            return 2
+        model = mlflow.pyfunc.load_model(args.model)
+
+        def translate(chunk: list[str], offset: int) -> list[str]:
+            return [str(t) for t in model.predict(chunk)]
     else:
         from s2s.translate import MODEL_FILE, Translator
 
-        model_dir = Path(args.model)
-        translator = Translator.load(model_dir / MODEL_FILE, Path(args.tokenizer))
-        cfg = EvaluateConfig(beam_size=args.beam, batch_size=args.batch_size)
-        if args.n_best > 1:  # one line per hypothesis: sentence number, rank, text
-            nbest = translator.translate_nbest(lines, args.n_best, cfg)
-            outputs = [f"{i}\t{rank}\t{text}" for i, hyps in enumerate(nbest, 1) for rank, text in enumerate(hyps, 1)]
-        else:
-            outputs = translator.translate(lines, cfg)
-    text = "".join(o + "\n" for o in outputs)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+        translator = Translator.load(Path(args.model) / MODEL_FILE, Path(args.tokenizer))
+
+        def translate(chunk: list[str], offset: int) -> list[str]:
+            if args.n_best == 1:
+                return translator.translate(chunk, cfg)
+            # One line per hypothesis: sentence number, rank, text.
+            nbest = translator.translate_nbest(chunk, args.n_best, cfg)
+            return [f"{offset + i}\t{rank}\t{text}" for i, hyps in enumerate(nbest, 1) for rank, text in enumerate(hyps, 1)]
+
+    step = args.batch_size * 4  # several decoder batches per call: sorting by length stays effective
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(Path(args.output).open("w", encoding="utf-8")) if args.output else sys.stdout
+        bar = stack.enter_context(tqdm(total=len(lines), unit="sent", disable=not args.input, file=sys.stderr))
+        for start in range(0, len(lines), step):
+            chunk = lines[start : start + step]
+            out.writelines(t + "\n" for t in translate(chunk, start))
+            bar.update(len(chunk))
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> tuple[object, str]:
+    from s2s.config import load_params
+    from s2s.registry import connect
+
+    workspace = Path(args.workspace).resolve()
+    params = load_params(workspace / args.params)
+    client, _ = connect(params.registry, workspace)
+    return client, params.registry.model_name
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from s2s.registry import promote
+
+    client, name = _registry(args)
+    replaced = promote(client, name, args.version, args.reason)  # type: ignore[arg-type]
+    before = f"v{replaced.version}" if replaced is not None else "none"
+    print(f"s2s: {name} champion is now v{args.version} (was {before}); `s2s rollback` undoes this")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from s2s.registry import rollback
+
+    client, name = _registry(args)
+    old, new = rollback(client, name)  # type: ignore[arg-type]
+    print(f"s2s: {name} champion rolled back from v{old} to v{new}")
     return 0
 
 
@@ -97,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="re-run every stage even if DVC says nothing changed")
     run.set_defaults(func=_run)
 
+    sch = sub.add_parser("schedule", help="serve the pipeline as a Prefect deployment on a cron schedule (runs until stopped)")
+    sch.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *" for 03:00 every day')
+    sch.add_argument("--name", default="s2s-retrain", help="deployment name (default: s2s-retrain)")
+    sch.add_argument("--workspace", default=".", help="folder with dvc.yaml and params.yaml (default: .)")
+    sch.add_argument("--params", default="params.yaml", help="params file inside the workspace")
+    sch.add_argument("--force", action="store_true", help="retrain on every run, even when nothing changed")
+    sch.set_defaults(func=_schedule)
+
     tr = sub.add_parser("translate", help="translate text with a registered model or a local checkpoint")
     tr.add_argument("text", nargs="*", help="sentences to translate")
     tr.add_argument("--model", default="artifacts/model", help="models:/NAME/VERSION, models:/NAME@ALIAS, or a model folder")
@@ -104,15 +178,38 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking/registry URI for models:/ URIs")
     tr.add_argument("--input", help="file with one sentence per line")
     tr.add_argument("--output", help="write translations here instead of stdout")
-    tr.add_argument("--beam", type=int, default=1, help="beam size (local checkpoints)")
+    tr.add_argument("--beam", type=int, default=1, help="beam size (local model folders; registered models decode as registered)")
     tr.add_argument("--n-best", type=int, default=1, help="hypotheses per sentence (local checkpoints; beam >= n)")
     tr.add_argument("--batch-size", type=int, default=64)
     tr.set_defaults(func=_translate)
 
+    for name, func, text in (
+        ("promote", _promote, "make a model version the champion"),
+        ("rollback", _rollback, "give champion back to the version it replaced"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        if name == "promote":
+            cmd.add_argument("version", help="model version number")
+            cmd.add_argument("--reason", default="promoted by hand with `s2s promote`", help="recorded in the version's tags")
+        cmd.add_argument("--workspace", default=".", help="folder with params.yaml (for the registry settings)")
+        cmd.add_argument("--params", default="params.yaml", help="params file inside the workspace")
+        cmd.set_defaults(func=func)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call is noise
-    return int(args.func(args))
+    from s2s.errors import S2SError
+
+    try:
+        return int(args.func(args))
+    except S2SError as err:
+        print(f"s2s: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if type(err).__name__ != "MlflowException":  # MLflow is imported lazily; match it by name
+            raise
+        print(f"s2s: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

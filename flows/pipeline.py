@@ -7,6 +7,7 @@ keeps the run history and shows each stage's own output in its log.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -17,11 +18,12 @@ from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from s2s.config import load_params
-from s2s.registry import Registered, RunInputs, lineage_key, register
+from s2s.ingest import read_prepared
+from s2s.registry import DECISION_TAG, REASON_TAG, Registered, RunInputs, connect, lineage_key, register, run_gate, score_model
 
 STAGES = ("ingest", "tokenizer", "train", "evaluate")
 # Where the stages put things; the same paths as in dvc.yaml.
@@ -132,29 +134,78 @@ def dvc_push(workspace: Path, params_file: str) -> None:
     run_logged([*dvc, "push", "--remote", remote.name], workspace, "dvc push")
 
 
-def _report(metrics: dict[str, Any], registered: Registered, ran: dict[str, bool]) -> str:
+@task(name="promotion-gate", retries=1, retry_delay_seconds=5)
+def promotion_gate(workspace: Path, params_file: str, registered: Registered) -> dict[str, Any]:
+    """Challenger vs champion on the current test set; see s2s.registry.run_gate."""
+    params = load_params(workspace / params_file)
+    logger = get_run_logger()
+    if not params.promote.enabled:
+        logger.info("promotion gate disabled (promote.enabled: false): champion unchanged")
+        return {"decision": "skipped", "reason": "promote.enabled is false"}
+    client, _ = connect(params.registry, workspace)
+    tags = client.get_model_version(registered.name, registered.version).tags
+    if not registered.created and DECISION_TAG in tags:
+        logger.info("v%s was decided before (%s): gate skipped", registered.version, tags[DECISION_TAG])
+        return {"decision": f"unchanged ({tags[DECISION_TAG]})", "reason": tags.get(REASON_TAG, "")}
+    pairs = read_prepared(workspace / PATHS["prepared"], "test")
+    sources, references = [s for s, _ in pairs], [t for _, t in pairs]
+    metric = params.promote.metric
+
+    def scorer(version: str) -> float:
+        value = score_model(f"models:/{registered.name}/{version}", sources, references, metric)
+        logger.info("v%s: test %s %.2f", version, metric, value)
+        return value
+
+    decision = run_gate(client, registered.name, registered.version, metric, params.promote.margin, scorer)
+    logger.info("gate: %s", decision.reason)
+    return {"decision": "promoted" if decision.promote else "rejected", **asdict(decision)}
+
+
+def _report(metrics: dict[str, Any], registered: Registered, gate: dict[str, Any], ran: dict[str, bool], ui: str) -> str:
     rows = "\n".join(f"| {stage} | {'ran' if did else 'skipped (unchanged)'} |" for stage, did in ran.items())
+    run_link = f"{ui}/#/experiments/{registered.experiment_id}/runs/{registered.run_id}"
+    version_link = f"{ui}/#/models/{registered.name}/versions/{registered.version}"
+    champion = gate.get("champion")
+    vs = f"{champion:.2f} (v{gate.get('champion_version')})" if isinstance(champion, float) else "none"
     return (
         f"# s2s pipeline run\n\n"
+        f"| test set | this model | champion |\n|---|---|---|\n"
+        f"| {gate.get('metric', 'bleu')} | {gate.get('challenger', metrics['bleu'])} | {vs} |\n\n"
+        f"**Gate: {gate['decision']}** — {gate.get('reason', '')}\n\n"
         f"| metric | value |\n|---|---|\n"
-        f"| test BLEU | {metrics['bleu']} |\n| test chrF | {metrics['chrf']} |\n| test TER | {metrics['ter']} |\n"
+        f"| BLEU | {metrics['bleu']} |\n| chrF | {metrics['chrf']} |\n| TER | {metrics['ter']} |\n"
         f"| copy-the-source BLEU | {metrics['copy_source_bleu']} |\n\n"
         f"`{metrics['bleu_signature']}`\n\n"
-        f"Model **{registered.name}** version **{registered.version}** "
-        f"({'new' if registered.created else 'unchanged, already registered'}), MLflow run `{registered.run_id}` "
-        f"in `{registered.tracking_uri}`.\n\n| stage | |\n|---|---|\n{rows}\n"
+        f"Model **[{registered.name} v{registered.version}]({version_link})** "
+        f"({'new' if registered.created else 'unchanged, already registered'}); "
+        f"MLflow run [{registered.run_id}]({run_link}) in `{registered.tracking_uri}`.\n\n"
+        f"| stage | |\n|---|---|\n{rows}\n"
     )
+
+
+def _samples(workspace: Path, n: int = 10) -> list[dict[str, str]]:
+    with (workspace / PATHS["hypotheses"]).open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return rows[:n]
 
 
 @flow(name="s2s-pipeline", log_prints=True)
 def pipeline(workspace: str = ".", params_file: str = "params.yaml", force: bool = False) -> dict[str, Any]:
-    """ingest -> tokenizer -> train -> evaluate (DVC), then register in MLflow and push to the DVC remote."""
+    """ingest -> tokenizer -> train -> evaluate (DVC), register and gate in MLflow, push to the DVC remote."""
     root = Path(workspace).resolve()
-    load_params(root / params_file)  # fail before any work on a bad params file
+    params = load_params(root / params_file)  # fail before any work on a bad params file
     ran = {stage: dvc_stage(root, stage, force) for stage in STAGES}
     registered = register_model(root, params_file)
-    if load_params(root / params_file).remote.push:
+    gate = promotion_gate(root, params_file, registered)
+    if params.remote.push:
         dvc_push(root, params_file)
     metrics = json.loads((root / PATHS["eval_metrics"]).read_text())
-    create_markdown_artifact(_report(metrics, registered, ran), key="s2s-run-report", description="s2s pipeline run report")
-    return {"stages_ran": ran, "registered": asdict(registered), "metrics": metrics}
+    create_markdown_artifact(
+        _report(metrics, registered, gate, ran, params.registry.ui_url),
+        key="s2s-run-report",
+        description="s2s pipeline run report",
+    )
+    create_table_artifact(
+        _samples(root), key="s2s-sample-translations", description="first test sentences: source, reference, hypothesis"
+    )
+    return {"stages_ran": ran, "registered": asdict(registered), "gate": gate, "metrics": metrics}

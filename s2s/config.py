@@ -189,6 +189,13 @@ class RegistryConfig(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     artifact_root: str = "mlartifacts"
     experiment: str = "s2s"
+    ui_url: str = "http://127.0.0.1:5000"
+
+
+class PromoteConfig(_Section):
+    enabled: bool = True
+    metric: Literal["bleu", "chrf"] = "bleu"
+    margin: float = Field(default=0.0, ge=0.0)
 
 
 class RemoteConfig(_Section):
@@ -204,6 +211,7 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
+    promote: PromoteConfig = PromoteConfig()
     remote: RemoteConfig = RemoteConfig()
 
     @field_validator("*", mode="before")

@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from s2s.config import EvaluateConfig, Params, RegistryConfig
+from s2s.promotion import Decision, decide
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class Registered:
     run_id: str
     created: bool  # False when this lineage was registered before
     tracking_uri: str
+    experiment_id: str
 
 
 def _requirements() -> list[str]:
@@ -139,7 +142,7 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 def log_run(inputs: RunInputs, tags: dict[str, str]) -> None:
     """Params, per-epoch curves, final metrics and report files into the active run."""
-    flat = _flatten("", inputs.params.model_dump(exclude={"registry", "remote"}))
+    flat = _flatten("", inputs.params.model_dump(exclude={"registry", "promote", "remote"}))
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
     mlflow.set_tags(tags)
     with inputs.train_curve.open() as handle:
@@ -167,7 +170,8 @@ def register(inputs: RunInputs, key: str, tags: dict[str, str], description: str
     existing = find_version(client, cfg.model_name, key)
     if existing is not None:
         log.info("model %s version %s already has lineage %s: nothing to register", cfg.model_name, existing.version, key)
-        return Registered(cfg.model_name, str(existing.version), existing.run_id or "", False, uri)
+        experiment = client.get_run(existing.run_id).info.experiment_id if existing.run_id else ""
+        return Registered(cfg.model_name, str(existing.version), existing.run_id or "", False, uri, experiment)
 
     staging = inputs.workspace / ".cache" / "register"
     shutil.rmtree(staging, ignore_errors=True)
@@ -200,4 +204,94 @@ def register(inputs: RunInputs, key: str, tags: dict[str, str], description: str
         )
     shutil.rmtree(staging, ignore_errors=True)
     log.info("registered %s version %s (run %s)", cfg.model_name, version.version, run.info.run_id)
-    return Registered(cfg.model_name, str(version.version), run.info.run_id, True, uri)
+    return Registered(cfg.model_name, str(version.version), run.info.run_id, True, uri, run.info.experiment_id)
+
+
+# ----------------------------------------------------------------------------- promotion
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+DECISION_TAG, REASON_TAG, PREVIOUS_TAG = "s2s.gate.decision", "s2s.gate.reason", "s2s.previous_champion"
+
+
+def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def score_model(uri: str, sources: list[str], references: list[str], metric: str) -> float:
+    """Load a registered model through MLflow (as it will be served) and score it with sacreBLEU."""
+    from s2s.evaluate import score
+
+    hypotheses = [str(h) for h in mlflow.pyfunc.load_model(uri).predict(sources)]
+    return float(score(hypotheses, references, with_ter=False)[metric])
+
+
+def _set_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _crown(client: MlflowClient, name: str, version: str, previous: ModelVersion | None) -> None:
+    """Make `version` the champion, remembering the one it replaces for rollback."""
+    if previous is not None and str(previous.version) != str(version):
+        client.set_model_version_tag(name, version, PREVIOUS_TAG, str(previous.version))
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def run_gate(
+    client: MlflowClient, name: str, version: str, metric: str, margin: float, scorer: Callable[[str], float]
+) -> Decision:
+    """Challenger vs champion on the same test set; move `champion` only on a clear win.
+
+    Tags go on the challenger first and the alias moves last, so a gate that
+    fails half-way leaves the champion as it was.
+    """
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    current = get_alias(client, name, CHAMPION)
+    if current is not None and str(current.version) == str(version):
+        return Decision(False, f"v{version} is already the champion", metric, float("nan"), None, str(version))
+    challenger_score = scorer(version)
+    champion_score = scorer(str(current.version)) if current is not None else None
+    decision = decide(metric, challenger_score, champion_score, str(current.version) if current else None, margin)
+    _set_tags(
+        client,
+        name,
+        version,
+        {
+            DECISION_TAG: "promoted" if decision.promote else "rejected",
+            REASON_TAG: decision.reason,
+            "s2s.gate.metric": metric,
+            "s2s.gate.challenger_score": f"{challenger_score:.2f}",
+            "s2s.gate.champion_score": "" if champion_score is None else f"{champion_score:.2f}",
+            "s2s.gate.champion_version": decision.champion_version or "",
+        },
+    )
+    if decision.promote:
+        _crown(client, name, version, current)
+    log.info("gate: v%s %s: %s", version, "promoted" if decision.promote else "rejected", decision.reason)
+    return decision
+
+
+def promote(client: MlflowClient, name: str, version: str, reason: str) -> ModelVersion | None:
+    """Make a version champion by hand; returns the champion it replaced."""
+    client.get_model_version(name, version)  # a clear MLflow error if it does not exist
+    current = get_alias(client, name, CHAMPION)
+    _set_tags(client, name, version, {DECISION_TAG: "promoted by hand", REASON_TAG: reason})
+    _crown(client, name, version, current)
+    return current
+
+
+def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
+    """Give `champion` back to the version it replaced; returns (from, to)."""
+    current = get_alias(client, name, CHAMPION)
+    if current is None:
+        raise mlflow.exceptions.MlflowException(f"model {name!r} has no champion to roll back")
+    previous = current.tags.get(PREVIOUS_TAG)
+    if not previous:
+        raise mlflow.exceptions.MlflowException(f"champion v{current.version} of {name!r} replaced no earlier champion")
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    _set_tags(client, name, str(current.version), {DECISION_TAG: "rolled back", REASON_TAG: f"rollback to v{previous}"})
+    _set_tags(client, name, previous, {DECISION_TAG: "restored by rollback", REASON_TAG: f"rollback from v{current.version}"})
+    return str(current.version), previous

@@ -55,6 +55,7 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
         == subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
     )
     assert first["registered"]["created"] is True
+    assert first["gate"]["decision"] == "promoted" and first["gate"]["reason"] == "first version: no champion yet"
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
@@ -77,6 +78,7 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     second = pipeline(workspace=str(ws))
     assert not any(second["stages_ran"].values())
     assert second["registered"] == {**first["registered"], "created": False}
+    assert second["gate"]["decision"] == "unchanged (promoted)"
     assert len(_versions(ws)) == 1
 
     # One training param changed: only train and evaluate run, and a new version appears.
@@ -87,6 +89,10 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     versions = _versions(ws)
     assert [v["version"] for v in versions] == ["1", "2"]
     assert versions[0]["s2s.lineage"] != versions[1]["s2s.lineage"]
+    # The gate compared v2 with champion v1 on the same test set and wrote why.
+    assert third["gate"]["decision"] in ("promoted", "rejected")
+    assert versions[1]["s2s.gate.champion_version"] == "1"
+    assert versions[1]["s2s.gate.reason"].startswith("bleu ")
 
     # The registered model loads in a fresh process, from its URI alone, and translates.
     script = (
@@ -126,6 +132,13 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
         == 0
     )
     assert output.read_text().splitlines() == translations
+    # ...and so does the registered model through any models:/ URI, here the version by alias.
+    champion = "1" if third["gate"]["decision"] == "rejected" else "2"
+    assert main(["translate", "--model", f"models:/s2s-translator/{champion}", "--tracking-uri", f"sqlite:///{ws / 'mlflow.db'}",
+                 "--input", str(tmp_path / "in.txt"), "--output", str(output)]) == 0  # fmt: skip
+    assert main(["translate", "--model", "models:/s2s-translator@champion", "--tracking-uri", f"sqlite:///{ws / 'mlflow.db'}",
+                 "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "alias.txt")]) == 0  # fmt: skip
+    assert (tmp_path / "alias.txt").read_text() == output.read_text()
 
 
 def test_failing_stage_fails_the_flow_with_its_error(tmp_path: Path, prefect_home: None) -> None:

@@ -14,7 +14,11 @@ from s2s.models import build_model
 from s2s.tokenizer import Tokenizers
 from s2s.translate import Translator
 
-SOURCES = ["We saw a big dog yesterday.", "", "They sold the three hundred and forty-two old books at the market in nineteen eighty-seven."]
+SOURCES = [
+    "We saw a big dog yesterday.",
+    "",
+    "They sold the three hundred and forty-two old books at the market in nineteen eighty-seven.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,9 @@ def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> Tokenizers:
     "cfg",
     [
         ModelConfig(rnn=RNNConfig(emb_dim=16, hidden=16, attention="additive")),
-        ModelConfig(arch="transformer", transformer=TransformerConfig(d_model=16, heads=2, encoder_layers=1, decoder_layers=1, ff=32)),
+        ModelConfig(
+            arch="transformer", transformer=TransformerConfig(d_model=16, heads=2, encoder_layers=1, decoder_layers=1, ff=32)
+        ),
     ],
     ids=["rnn", "transformer"],
 )
@@ -57,7 +63,9 @@ def test_heatmap_file(tokenizers: Tokenizers, tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     vocab = tokenizers.src.get_piece_size()
-    translator = Translator(build_model(ModelConfig(rnn=RNNConfig(emb_dim=8, hidden=8)), vocab, vocab), tokenizers, torch.device("cpu"))
+    translator = Translator(
+        build_model(ModelConfig(rnn=RNNConfig(emb_dim=8, hidden=8)), vocab, vocab), tokenizers, torch.device("cpu")
+    )
     [t] = translator.translate_with_attention(SOURCES[:1])
     path = attention_heatmap(t, tmp_path / "map.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,36 @@
+"""The promotion gate's decision, as a pure function: scores in, verdict and reason out.
+
+The registry module applies the verdict (aliases and tags); keeping the rule
+here makes it testable without MLflow and readable in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    metric: str
+    challenger: float
+    champion: float | None  # None when there is no champion yet
+    champion_version: str | None
+
+
+def decide(metric: str, challenger: float, champion: float | None, champion_version: str | None, margin: float) -> Decision:
+    """Promote when there is no champion, or when the challenger beats it by more than `margin`."""
+    if champion is None or champion_version is None:
+        return Decision(True, "first version: no champion yet", metric, challenger, None, None)
+    gain = challenger - champion
+    if gain > margin:
+        reason = (
+            f"{metric} {challenger:.2f} beats champion v{champion_version} ({champion:.2f}) by {gain:+.2f} > margin {margin:.2f}"
+        )
+        return Decision(True, reason, metric, challenger, champion, champion_version)
+    reason = (
+        f"{metric} {challenger:.2f} vs champion v{champion_version} ({champion:.2f}): "
+        f"{gain:+.2f} does not exceed margin {margin:.2f}"
+    )
+    return Decision(False, reason, metric, challenger, champion, champion_version)

@@ -1,0 +1,154 @@
+"""Unattended operation against real servers on 127.0.0.1: a Prefect server running a scheduled
+deployment twice (the second run trains and registers nothing), and `mlflow models serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, TINY_PARAMS, make_workspace
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, seconds: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A real `prefect server` on loopback, `s2s schedule` serving the deployment, two triggered runs."""
+    tmp = tmp_path_factory.mktemp("ops")
+    ws = make_workspace(tmp / "ws", TINY_PARAMS)
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_HOME": str(tmp / "prefect"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    server = start(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp / "server.log", tmp
+    )
+    runner = None
+    try:
+        wait_http(f"{api}/health", 120, server, tmp / "server.log")
+        runner = start(
+            [str(BIN / "s2s"), "schedule", "--cron", "0 3 * * *", "--workspace", str(ws)], env, tmp / "runner.log", REPO
+        )
+        trigger = (
+            "import asyncio, json, sys\n"
+            "from prefect.deployments import run_deployment\n"
+            "from prefect.client.orchestration import get_client\n"
+            "async def main():\n"
+            "    async with get_client() as client:\n"
+            "        for _ in range(120):\n"
+            "            try:\n"
+            "                d = await client.read_deployment_by_name('s2s-pipeline/s2s-retrain'); break\n"
+            "            except Exception:\n"
+            "                await asyncio.sleep(1)\n"
+            "        schedules = [s.schedule.cron for s in d.schedules]\n"
+            "    runs = []\n"
+            "    for _ in range(2):\n"
+            "        fr = await run_deployment('s2s-pipeline/s2s-retrain', timeout=600, poll_interval=2)\n"
+            "        runs.append(fr.state.type.value)\n"
+            "    print(json.dumps({'schedules': schedules, 'runs': runs}))\n"
+            "asyncio.run(main())\n"
+        )
+        out = subprocess.run([sys.executable, "-c", trigger], env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:] + (tmp / "runner.log").read_text()[-3000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        yield {"ws": ws, "result": result, "runner_log": (tmp / "runner.log").read_text(), "tmp": tmp}
+    finally:
+        if runner is not None:
+            stop(runner)
+        stop(server)
+
+
+def test_scheduled_deployment_runs_and_an_unchanged_second_run_does_nothing(scheduled: dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    assert scheduled["result"]["schedules"] == ["0 3 * * *"]
+    assert scheduled["result"]["runs"] == ["COMPLETED", "COMPLETED"]
+    log = scheduled["runner_log"]
+    # The first run trained; the second found every DVC stage unchanged and registered nothing.
+    assert log.count("Running stage 'train'") == 1
+    assert log.count("Stage 'train' didn't change, skipping") == 1
+    assert "already registered s2s-translator version 1" in log
+    uri = f"sqlite:///{scheduled['ws'] / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    assert [str(v.version) for v in client.search_model_versions("name = 's2s-translator'")] == ["1"]
+    assert str(client.get_model_version_by_alias("s2s-translator", "champion").version) == "1"
+
+
+def test_mlflow_models_serve_answers_invocations(scheduled: dict[str, Any]) -> None:
+    ws, tmp = scheduled["ws"], scheduled["tmp"]
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}"}
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/s2s-translator@champion", "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    server = start(cmd, env, tmp / "serve.log", tmp)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", 120, server, tmp / "serve.log")
+        sources = ["We saw a big dog yesterday.", "They sold the old book."]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": sources}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = json.loads(response.read())["predictions"]
+    finally:
+        stop(server)
+    script = (
+        "import json, mlflow.pyfunc\n"
+        f"mlflow.set_registry_uri('sqlite:///{ws / 'mlflow.db'}')\n"
+        f"print(json.dumps(list(mlflow.pyfunc.load_model('models:/s2s-translator@champion').predict({sources!r}))))\n"
+    )
+    local = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp)
+    assert served == json.loads(local.stdout.strip().splitlines()[-1])
+    assert len(served) == 2 and all(isinstance(s, str) and s for s in served)

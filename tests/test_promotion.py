@@ -1,0 +1,144 @@
+"""Promotion gate, manual promotion and rollback against a real MLflow registry (SQLite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from s2s import checkpoint, tokenizer
+from s2s.config import ModelConfig, RNNConfig, TokenizerConfig, parse_params
+from s2s.corpus import generate_pairs
+from s2s.models import build_model
+from s2s.promotion import decide
+from s2s.registry import (
+    CHAMPION,
+    DECISION_TAG,
+    PREVIOUS_TAG,
+    REASON_TAG,
+    RunInputs,
+    get_alias,
+    promote,
+    register,
+    rollback,
+    run_gate,
+)
+
+NAME = "gate-test"
+
+
+def test_decide_rules() -> None:
+    first = decide("bleu", 20.0, None, None, 0.5)
+    assert first.promote and first.reason == "first version: no champion yet"
+    worse = decide("bleu", 30.2, 30.0, "4", 0.5)
+    assert not worse.promote and worse.reason == "bleu 30.20 vs champion v4 (30.00): +0.20 does not exceed margin 0.50"
+    better = decide("chrf", 31.0, 30.0, "4", 0.5)
+    assert better.promote and better.reason == "chrf 31.00 beats champion v4 (30.00) by +1.00 > margin 0.50"
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> MlflowClient:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    client.create_registered_model(NAME)
+    for _ in range(4):
+        client.create_model_version(NAME, source=str(tmp_path))
+    return client
+
+
+def tags(client: MlflowClient, version: str) -> dict[str, str]:
+    return client.get_model_version(NAME, version).tags
+
+
+def champion(client: MlflowClient) -> str:
+    mv = get_alias(client, NAME, CHAMPION)
+    assert mv is not None
+    return str(mv.version)
+
+
+def test_gate_promotes_first_rejects_worse_promotes_better_and_rolls_back(client: MlflowClient) -> None:
+    scores = {"1": 30.0, "2": 29.0, "3": 31.5, "4": 31.6}
+    gate = lambda v: run_gate(client, NAME, v, "bleu", 0.5, scores.__getitem__)  # noqa: E731
+
+    assert gate("1").promote and champion(client) == "1"
+    assert tags(client, "1")[REASON_TAG] == "first version: no champion yet"
+
+    assert not gate("2").promote and champion(client) == "1"
+    t = tags(client, "2")
+    assert t[DECISION_TAG] == "rejected"
+    assert t[REASON_TAG] == "bleu 29.00 vs champion v1 (30.00): -1.00 does not exceed margin 0.50"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "2"
+
+    assert gate("3").promote and champion(client) == "3"
+    assert tags(client, "3")[DECISION_TAG] == "promoted" and tags(client, "3")[PREVIOUS_TAG] == "1"
+
+    # Within the margin: not promoted, even though slightly better.
+    assert not gate("4").promote and champion(client) == "3"
+
+    assert rollback(client, NAME) == ("3", "1")
+    assert champion(client) == "1"
+    assert tags(client, "3")[DECISION_TAG] == "rolled back" and tags(client, "1")[DECISION_TAG] == "restored by rollback"
+    with pytest.raises(Exception, match="replaced no earlier champion"):
+        rollback(client, NAME)
+
+
+def test_failed_gate_and_manual_promotion(client: MlflowClient) -> None:
+    run_gate(client, NAME, "1", "bleu", 0.0, lambda v: 10.0)
+
+    def broken(version: str) -> float:
+        raise RuntimeError("scoring died")
+
+    with pytest.raises(RuntimeError, match="scoring died"):
+        run_gate(client, NAME, "2", "bleu", 0.0, broken)
+    assert champion(client) == "1" and DECISION_TAG not in tags(client, "2")
+
+    replaced = promote(client, NAME, "2", "hotfix")
+    assert replaced is not None and str(replaced.version) == "1"
+    assert champion(client) == "2"
+    assert tags(client, "2")[DECISION_TAG] == "promoted by hand" and tags(client, "2")[REASON_TAG] == "hotfix"
+    assert rollback(client, NAME) == ("2", "1")
+
+
+def _run_inputs(tmp_path: Path) -> RunInputs:
+    pairs = generate_pairs(400, 1)
+    tok_dir = tmp_path / "tok"
+    tokenizer.train(TokenizerConfig(model_type="bpe", vocab_size=150), [s for s, _ in pairs], [t for _, t in pairs], tok_dir)
+    cfg = ModelConfig(rnn=RNNConfig(emb_dim=8, hidden=8))
+    torch.manual_seed(0)
+    model_file = tmp_path / "model" / "model.pt"
+    checkpoint.save(model_file, build_model(cfg, 150, 150), cfg)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "curve.csv").write_text("epoch,train_loss,valid_loss\n1,2.0,1.5\n")
+    (reports / "train.json").write_text(json.dumps({"epochs": 1}))
+    (reports / "eval.json").write_text(json.dumps({"bleu": 1.0, "chrf": 2.0, "bleu_signature": "sig"}))
+    (reports / "hyps.tsv").write_text("source\treference\thypothesis\n")
+    (reports / "ingest.json").write_text("{}")
+    params = parse_params({"registry": {"tracking_uri": "sqlite:///mlflow.db", "model_name": "retry-test"}})
+    return RunInputs(tmp_path, params, model_file, tok_dir, reports / "curve.csv", reports / "train.json",
+                     reports / "eval.json", reports / "hyps.tsv", reports / "ingest.json", reports / "attention")  # fmt: skip
+
+
+def test_registration_retry_after_a_crash_creates_no_duplicate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = _run_inputs(tmp_path)
+    original = MlflowClient.create_model_version
+    calls = {"n": 0}
+
+    def crash_once(self: MlflowClient, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("tracking server went away")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", crash_once)
+    with pytest.raises(ConnectionError):
+        register(inputs, "lineage-1", {}, "test")
+    first = register(inputs, "lineage-1", {}, "test")  # the retry
+    again = register(inputs, "lineage-1", {}, "test")  # a retry after success
+    assert (first.version, first.created) == ("1", True)
+    assert (again.version, again.created) == ("1", False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert [str(v.version) for v in MlflowClient(uri, uri).search_model_versions("name = 'retry-test'")] == ["1"]
