@@ -7,11 +7,16 @@ keeps the run history and shows each stage's own output in its log.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,45 @@ PATHS = {
 
 class StageFailed(RuntimeError):
     pass
+
+
+class WorkspaceBusy(RuntimeError):
+    pass
+
+
+class RegistryUnavailable(RuntimeError):
+    pass
+
+
+# MLflow retries an unreachable server for minutes by default; the register task retries instead (bounded).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path) -> Iterator[None]:
+    """One pipeline run per workspace: a second one fails at once, naming the run that holds it.
+
+    DVC locks its repository only while one command runs; between stages a
+    second run could slip in and interleave, so the whole flow holds this lock.
+    """
+    path = root / ".dvc" / "tmp" / "s2s-pipeline.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown process"
+            raise WorkspaceBusy(f"another s2s pipeline run is using {root} ({owner}); wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _env() -> dict[str, str]:
@@ -112,7 +156,15 @@ def register_model(workspace: Path, params_file: str) -> Registered:
         f"tokenizer {stage_hashes.get('dvc.tokenizer.tokenizer', '?')} (dvc.lock md5)."
     )
     inputs = RunInputs(workspace=workspace, params=params, **{k: workspace / v for k, v in PATHS.items() if k != "prepared"})
-    result = register(inputs, key, tags, description)
+    try:
+        result = register(inputs, key, tags, description)
+    except Exception as err:  # MLflow raises its own, requests' and OS errors for an unreachable server
+        if type(err).__name__ not in ("MlflowException", "ConnectionError", "RestException") and not isinstance(err, OSError):
+            raise
+        raise RegistryUnavailable(
+            f"MLflow registry at {params.registry.tracking_uri} failed: {err}. The trained model is kept in the DVC "
+            "cache; run the pipeline again once MLflow is back and it registers the model without retraining."
+        ) from err
     get_run_logger().info(
         "%s %s version %s (run %s)",
         "registered" if result.created else "already registered",
@@ -194,11 +246,12 @@ def pipeline(workspace: str = ".", params_file: str = "params.yaml", force: bool
     """ingest -> tokenizer -> train -> evaluate (DVC), register and gate in MLflow, push to the DVC remote."""
     root = Path(workspace).resolve()
     params = load_params(root / params_file)  # fail before any work on a bad params file
-    ran = {stage: dvc_stage(root, stage, force) for stage in STAGES}
-    registered = register_model(root, params_file)
-    gate = promotion_gate(root, params_file, registered)
-    if params.remote.push:
-        dvc_push(root, params_file)
+    with workspace_lock(root):
+        ran = {stage: dvc_stage(root, stage, force) for stage in STAGES}
+        registered = register_model(root, params_file)
+        gate = promotion_gate(root, params_file, registered)
+        if params.remote.push:
+            dvc_push(root, params_file)
     metrics = json.loads((root / PATHS["eval_metrics"]).read_text())
     create_markdown_artifact(
         _report(metrics, registered, gate, ran, params.registry.ui_url),

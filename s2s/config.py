@@ -167,6 +167,7 @@ class TrainConfig(_Section):
     valid_bleu_sentences: int = Field(default=500, ge=1)
     max_tokens: int = Field(default=128, ge=2)
     threads: int = Field(default=0, ge=0)
+    checkpoint_every: int = Field(default=200, ge=0)
 
 
 # ------------------------------------------------------------------------- evaluate

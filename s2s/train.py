@@ -1,18 +1,24 @@
 """The training loop: token-bucketed batches, teacher forcing, per-epoch validation.
 
 Writes the best checkpoint (by validation BLEU), a per-epoch CSV for `dvc
-plots` and a JSON summary. Knows nothing of DVC, Prefect or MLflow.
+plots` and a JSON summary. Every `checkpoint_every` steps and at each epoch's
+end it saves a resume state (model, optimizer, scheduler, RNG, progress) under
+a key of its configs and data, outside DVC's outputs, so a killed run picks up
+where it stopped and finishes as if never interrupted. Knows nothing of DVC,
+Prefect or MLflow.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
 import random
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -95,6 +101,219 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+@dataclass
+class Progress:
+    """Where training stands; saved with the resume state so a killed run continues exactly."""
+
+    epoch: int = 1  # the epoch in progress
+    step: int = 0  # batches of that epoch already trained
+    tokens: int = 0
+    loss_sum: float = 0.0
+    loss_tokens: int = 0
+    epoch_seconds: float = 0.0
+    best_bleu: float = -1.0
+    history: list[EpochResult] = field(default_factory=list)
+
+
+def resume_key(cfg: TrainConfig, model_cfg: ModelConfig, eval_cfg: EvaluateConfig, prepared: Path, tokenizer_dir: Path) -> str:
+    """What a resume state belongs to: the same configs, data and tokenizer, nothing else."""
+    digest = hashlib.sha256(
+        json.dumps([cfg.model_dump(), model_cfg.model_dump(), eval_cfg.model_dump()], sort_keys=True).encode()
+    )
+    for path in sorted([*prepared.glob("train.*"), *prepared.glob("valid.*"), *tokenizer_dir.glob("*")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+class Trainer:
+    """One training run; `fit()` resumes from `resume_dir` when a matching state is there."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model_cfg: ModelConfig,
+        eval_cfg: EvaluateConfig,
+        prepared: Path,
+        tokenizer_dir: Path,
+        resume_dir: Path | None = None,
+    ) -> None:
+        seed_everything(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg, self.model_cfg, self.eval_cfg = cfg, model_cfg, eval_cfg
+        self.device = resolve_device(cfg.device)
+        self.tok = Tokenizers.load(tokenizer_dir)
+        self.train_data, _, self.too_long = encode_split(self.tok, prepared, "train", cfg.max_tokens)
+        valid_data, valid_pairs, _ = encode_split(self.tok, prepared, "valid", cfg.max_tokens)
+        if len(self.train_data) == 0:
+            raise TrainingError(f"no training pairs left: all {self.too_long} exceed train.max_tokens={cfg.max_tokens}")
+        if self.too_long:
+            log.warning("left out %d training pairs longer than train.max_tokens=%d subwords", self.too_long, cfg.max_tokens)
+        self.model = build_model(model_cfg, self.tok.src.get_piece_size(), self.tok.tgt.get_piece_size()).to(self.device)
+        log.info("model: %s, %.2fM parameters, device %s", model_cfg.arch, self.model.num_parameters() / 1e6, self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step + 1, cfg.warmup_steps, cfg.lr_schedule)
+        )
+        self.criterion = nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=cfg.label_smoothing)
+        self.valid_batches = valid_data.batches(cfg.batch_tokens, shuffle=False)
+        self.bleu_pairs = valid_pairs[: cfg.valid_bleu_sentences]
+        self.translator = Translator(self.model, self.tok, self.device)
+        self.progress = Progress()
+        self.resume_path = self.best_path = None
+        if resume_dir is not None:
+            key = resume_key(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir)
+            self.resume_path, self.best_path = resume_dir / f"{key}.pt", resume_dir / f"{key}-best.pt"
+
+    # ------------------------------------------------------------------ resume state
+
+    def save_state(self) -> None:
+        if self.resume_path is None:
+            return
+        p = self.progress
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python_rng": list(random.getstate()[1]),
+            "progress": {**asdict(p), "history": [asdict(h) for h in p.history]},
+        }
+        checkpoint.atomic_torch_save(state, self.resume_path)
+
+    def load_state(self) -> bool:
+        if self.resume_path is None or not self.resume_path.is_file():
+            return False
+        try:
+            state = torch.load(self.resume_path, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
+            log.warning("ignoring unreadable resume state %s: %s", self.resume_path, err)
+            return False
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        random.setstate((3, tuple(state["python_rng"]), None))
+        progress = dict(state["progress"])
+        progress["history"] = [EpochResult(**h) for h in progress["history"]]
+        self.progress = Progress(**progress)
+        log.info("resuming from %s: epoch %d, step %d", self.resume_path, self.progress.epoch, self.progress.step)
+        return True
+
+    # --------------------------------------------------------------------- training
+
+    def train_step(self, batch: Batch, epoch: int, step: int) -> None:
+        cfg, p = self.cfg, self.progress
+        try:
+            loss = batch_loss(self.model, batch, self.criterion, cfg.teacher_forcing)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except torch.cuda.OutOfMemoryError:
+            raise TrainingError(
+                f"CUDA out of memory at epoch {epoch} step {step} (a batch of {batch.src.numel() + batch.tgt_in.numel()} "
+                f"padded tokens): lower train.batch_tokens (now {cfg.batch_tokens})"
+            ) from None
+        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        n_tgt = batch.n_tgt_tokens
+        p.tokens += n_tgt + batch.n_src_tokens
+        p.loss_sum += loss.item() * n_tgt
+        p.loss_tokens += n_tgt
+
+    def validate(self, epoch: int, seconds: float) -> EpochResult:
+        p = self.progress
+        valid_loss = validation_loss(self.model, self.valid_batches, self.device)
+        hyps = self.translator.translate([s for s, _ in self.bleu_pairs], self.eval_cfg.model_copy(update={"beam_size": 1}))
+        valid_bleu = score(hyps, [t for _, t in self.bleu_pairs], with_ter=False)["bleu"]
+        result = EpochResult(
+            epoch,
+            round(p.loss_sum / max(p.loss_tokens, 1), 4),
+            round(valid_loss, 4),
+            round(math.exp(min(valid_loss, 50)), 3),
+            valid_bleu,
+            round(p.tokens / max(seconds, 1e-9), 1),
+            round(seconds, 1),
+        )
+        log.info(
+            "epoch %d done: train loss %.3f  valid loss %.3f  valid BLEU %.2f  %.0f tok/s  %.0f s",
+            epoch, result.train_loss, valid_loss, valid_bleu, result.tokens_per_second, seconds,
+        )  # fmt: skip
+        return result
+
+    def fit(self, out_dir: Path, curve_path: Path, summary_path: Path) -> dict[str, object]:
+        cfg = self.cfg
+        if self.load_state() and self.best_path is not None and self.best_path.is_file():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.best_path, out_dir / MODEL_FILE)
+        start = time.perf_counter()
+        first = (self.progress.epoch, self.progress.step)
+        while self.progress.epoch <= cfg.epochs:
+            p, epoch = self.progress, self.progress.epoch
+            self.model.train()
+            batches = self.train_data.batches(cfg.batch_tokens, shuffle=True, seed=cfg.seed * 1000 + epoch)
+            report_every = max(1, len(batches) // 5)
+            epoch_start = time.perf_counter() - p.epoch_seconds
+            for step in range(p.step + 1, len(batches) + 1):
+                self.train_step(batches[step - 1].to(self.device), epoch, step)
+                p.step = step
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < len(batches):
+                    p.epoch_seconds = time.perf_counter() - epoch_start
+                    self.save_state()
+                if step % report_every == 0 or step == len(batches):
+                    done = (epoch - 1) * len(batches) + step
+                    first_done = (first[0] - 1) * len(batches) + first[1]
+                    rate = (time.perf_counter() - start) / max(done - first_done, 1)
+                    log.info(
+                        "epoch %d/%d  step %d/%d  loss %.3f  %.0f tok/s  elapsed %s  eta %s",
+                        epoch, cfg.epochs, step, len(batches), p.loss_sum / p.loss_tokens,
+                        p.tokens / (time.perf_counter() - epoch_start), _fmt_seconds(time.perf_counter() - start),
+                        _fmt_seconds(rate * (cfg.epochs * len(batches) - done)),
+                    )  # fmt: skip
+            result = self.validate(epoch, time.perf_counter() - epoch_start)
+            p.history.append(result)
+            if result.valid_bleu >= p.best_bleu:
+                p.best_bleu = result.valid_bleu
+                checkpoint.save(
+                    out_dir / MODEL_FILE, self.model, self.model_cfg, {"epoch": epoch, "valid_bleu": result.valid_bleu}
+                )
+                if self.best_path is not None:  # DVC clears out_dir before a re-run; a resumed run needs this copy
+                    self.best_path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(out_dir / MODEL_FILE, self.best_path)
+            write_curve(curve_path, p.history)
+            self.progress = Progress(epoch=epoch + 1, best_bleu=p.best_bleu, history=p.history)
+            if epoch < cfg.epochs:
+                self.save_state()
+        return self.finish(summary_path, time.perf_counter() - start)
+
+    def finish(self, summary_path: Path, seconds: float) -> dict[str, object]:
+        history = self.progress.history
+        summary: dict[str, object] = {
+            "epochs": self.cfg.epochs,
+            "best_valid_bleu": self.progress.best_bleu,
+            "best_epoch": max(history, key=lambda r: (r.valid_bleu, r.epoch)).epoch,
+            "train_pairs": len(self.train_data),
+            "train_pairs_too_long": self.too_long,
+            "parameters": self.model.num_parameters(),
+            "train_seconds": round(sum(r.seconds for r in history), 1),
+            "tokens_per_second": round(
+                sum(r.tokens_per_second * r.seconds for r in history) / sum(r.seconds for r in history), 1
+            ),
+            "device": str(self.device),
+        }
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        for path in (self.resume_path, self.best_path):
+            if path is not None:
+                path.unlink(missing_ok=True)  # finished: nothing to resume
+        return summary
+
+
 def train(
     cfg: TrainConfig,
     model_cfg: ModelConfig,
@@ -104,108 +323,10 @@ def train(
     out_dir: Path,
     curve_path: Path,
     summary_path: Path,
+    resume_dir: Path | None = None,
 ) -> dict[str, object]:
-    seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    tok = Tokenizers.load(tokenizer_dir)
-    train_data, _, too_long = encode_split(tok, prepared, "train", cfg.max_tokens)
-    valid_data, valid_pairs, _ = encode_split(tok, prepared, "valid", cfg.max_tokens)
-    if len(train_data) == 0:
-        raise TrainingError(f"no training pairs left: all {too_long} exceed train.max_tokens={cfg.max_tokens}")
-    if too_long:
-        log.warning("left out %d training pairs longer than train.max_tokens=%d subwords", too_long, cfg.max_tokens)
-
-    model = build_model(model_cfg, tok.src.get_piece_size(), tok.tgt.get_piece_size()).to(device)
-    log.info("model: %s, %.2fM parameters, device %s", model_cfg.arch, model.num_parameters() / 1e6, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step + 1, cfg.warmup_steps, cfg.lr_schedule))
-    criterion = nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=cfg.label_smoothing)
-    valid_batches = valid_data.batches(cfg.batch_tokens, shuffle=False)
-    bleu_pairs = valid_pairs[: cfg.valid_bleu_sentences]
-    translator = Translator(model, tok, device)
-
-    history: list[EpochResult] = []
-    best_bleu = -1.0
-    start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        batches = train_data.batches(cfg.batch_tokens, shuffle=True, seed=cfg.seed * 1000 + epoch)
-        epoch_start, tokens, loss_sum, loss_tokens = time.perf_counter(), 0, 0.0, 0
-        report_every = max(1, len(batches) // 5)
-        for step, batch in enumerate(batches, start=1):
-            batch = batch.to(device)
-            loss = batch_loss(model, batch, criterion, cfg.teacher_forcing)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss is {float(loss)} at epoch {epoch} step {step}; lower train.lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            scheduler.step()
-            n_tgt = batch.n_tgt_tokens
-            tokens += n_tgt + batch.n_src_tokens
-            loss_sum += loss.item() * n_tgt
-            loss_tokens += n_tgt
-            if step % report_every == 0 or step == len(batches):
-                elapsed = time.perf_counter() - epoch_start
-                total_steps = cfg.epochs * len(batches)
-                done_steps = (epoch - 1) * len(batches) + step
-                eta = (time.perf_counter() - start) / done_steps * (total_steps - done_steps)
-                log.info(
-                    "epoch %d/%d  step %d/%d  loss %.3f  %.0f tok/s  elapsed %s  eta %s",
-                    epoch,
-                    cfg.epochs,
-                    step,
-                    len(batches),
-                    loss_sum / loss_tokens,
-                    tokens / elapsed,
-                    _fmt_seconds(time.perf_counter() - start),
-                    _fmt_seconds(eta),
-                )
-        seconds = time.perf_counter() - epoch_start
-        valid_loss = validation_loss(model, valid_batches, device)
-        hyps = translator.translate([s for s, _ in bleu_pairs], eval_cfg.model_copy(update={"beam_size": 1}))
-        valid_bleu = score(hyps, [t for _, t in bleu_pairs], with_ter=False)["bleu"]
-        result = EpochResult(
-            epoch,
-            round(loss_sum / loss_tokens, 4),
-            round(valid_loss, 4),
-            round(math.exp(min(valid_loss, 50)), 3),
-            valid_bleu,
-            round(tokens / seconds, 1),
-            round(seconds, 1),
-        )
-        history.append(result)
-        log.info(
-            "epoch %d done: train loss %.3f  valid loss %.3f  valid BLEU %.2f  %.0f tok/s  %.0f s",
-            epoch,
-            result.train_loss,
-            valid_loss,
-            valid_bleu,
-            result.tokens_per_second,
-            seconds,
-        )
-        if valid_bleu >= best_bleu:
-            best_bleu = valid_bleu
-            checkpoint.save(out_dir / MODEL_FILE, model, model_cfg, {"epoch": epoch, "valid_bleu": valid_bleu})
-        write_curve(curve_path, history)
-
-    summary: dict[str, object] = {
-        "epochs": cfg.epochs,
-        "best_valid_bleu": best_bleu,
-        "best_epoch": max(history, key=lambda r: (r.valid_bleu, r.epoch)).epoch,
-        "train_pairs": len(train_data),
-        "train_pairs_too_long": too_long,
-        "parameters": model.num_parameters(),
-        "train_seconds": round(time.perf_counter() - start, 1),
-        "tokens_per_second": round(sum(r.tokens_per_second * r.seconds for r in history) / sum(r.seconds for r in history), 1),
-        "device": str(device),
-    }
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    """Train, validate every epoch, keep the best checkpoint; resumes a killed run from `resume_dir`."""
+    return Trainer(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir, resume_dir).fit(out_dir, curve_path, summary_path)
 
 
 def write_curve(path: Path, history: list[EpochResult]) -> None:

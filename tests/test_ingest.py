@@ -162,3 +162,9 @@ def test_url_download_is_verified_and_never_left_half_done(tmp_path: Path, http_
     closed = {**ok, "src": "http://127.0.0.1:9/closed.en"}
     with pytest.raises(IngestError, match=r"closed\.en: download failed"):
         build_splits(files_config(closed), tmp_path, downloads)
+
+
+def test_empty_corpus_is_an_error(tmp_path: Path) -> None:
+    train = write_pair(tmp_path, "train", [], [])
+    with pytest.raises(IngestError, match=r"cannot hold out 1000 test pairs: train has only 0 after cleaning"):
+        build_splits(files_config(train), tmp_path, tmp_path / "dl")

@@ -155,3 +155,39 @@ def test_failing_stage_fails_the_flow_with_its_error(tmp_path: Path, prefect_hom
     ):
         state.result()
     assert not (ws / "mlflow.db").exists() or _versions(ws) == []
+
+
+def test_second_run_in_the_same_workspace_is_refused(tmp_path: Path, prefect_home: None) -> None:
+    from flows.pipeline import pipeline, workspace_lock
+
+    ws = make_workspace(tmp_path / "ws", TINY_PARAMS)
+    with workspace_lock(ws):  # a run in progress
+        state = pipeline(workspace=str(ws), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"another s2s pipeline run is using .*ws \(pid \d+ on .* since .*\); wait for it"):
+        state.result()
+    assert not (ws / "data" / "prepared").exists()  # nothing ran
+
+
+def test_unreachable_registry_fails_clearly_and_the_next_run_registers_without_training(
+    tmp_path: Path, prefect_home: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.pipeline import pipeline
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = deep_merge(TINY_PARAMS, {"registry": {"tracking_uri": "http://127.0.0.1:9"}, "remote": {"push": False}})
+    ws = make_workspace(tmp_path / "ws", down)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["registry"]["tracking_uri"] = "http://127.0.0.1:9"  # nothing listens on the discard port
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    state = pipeline(workspace=str(ws), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"MLflow registry at http://127.0.0.1:9 failed: .*kept in the DVC cache"):
+        state.result()
+    assert (ws / "artifacts/model/model.pt").is_file()
+
+    params["registry"]["tracking_uri"] = "sqlite:///mlflow.db"  # MLflow is back
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = pipeline(workspace=str(ws))
+    assert not any(result["stages_ran"].values())
+    assert result["registered"]["created"] is True and result["registered"]["version"] == "1"

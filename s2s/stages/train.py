@@ -16,10 +16,21 @@ def _args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="model folder (checkpoint)")
     parser.add_argument("--curve", type=Path, required=True, help="per-epoch CSV (DVC plots)")
     parser.add_argument("--summary", type=Path, required=True, help="JSON summary (DVC metrics)")
+    parser.add_argument("--resume-dir", type=Path, default=None, help="where resume states live (outside DVC outputs)")
 
 
 def _run(args: argparse.Namespace, params: Params) -> None:
-    train.train(params.train, params.model, params.evaluate, args.data, args.tokenizer, args.out, args.curve, args.summary)
+    train.train(
+        params.train,
+        params.model,
+        params.evaluate,
+        args.data,
+        args.tokenizer,
+        args.out,
+        args.curve,
+        args.summary,
+        args.resume_dir,
+    )
 
 
 def main() -> None:

@@ -1,0 +1,102 @@
+"""A training process killed with SIGKILL resumes from its last state and ends exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_PARAMS, deep_merge
+
+from s2s import ingest, tokenizer
+from s2s.config import parse_params
+from s2s.train import Trainer, TrainingError
+
+pytestmark = pytest.mark.slow
+PARAMS = deep_merge(TINY_PARAMS, {"train": {"epochs": 2, "checkpoint_every": 3, "batch_tokens": 600}})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("resume")
+    params = parse_params(PARAMS)
+    ingest.run(params.ingest, root, root / "data", root / "ingest.json")
+    pairs = ingest.read_prepared(root / "data", "train")
+    tokenizer.train(params.tokenizer, [s for s, _ in pairs], [t for _, t in pairs], root / "tok")
+    (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    return root, root / "data", root / "tok"
+
+
+def train_cmd(root: Path, out: str) -> list[str]:
+    return [sys.executable, "-m", "s2s.stages.train", "--params", str(root / "params.yaml"), "--data", str(root / "data"),
+            "--tokenizer", str(root / "tok"), "--out", str(root / out / "model"), "--curve", str(root / out / "curve.csv"),
+            "--summary", str(root / out / "train.json"), "--resume-dir", str(root / out / "resume")]  # fmt: skip
+
+
+def learning_curve(path: Path) -> list[tuple[str, ...]]:
+    """Losses and BLEU per epoch; the timing columns naturally differ."""
+    with path.open() as handle:
+        return [(r["epoch"], r["train_loss"], r["valid_loss"], r["valid_bleu"]) for r in csv.DictReader(handle)]
+
+
+def test_killed_training_resumes_to_the_same_result(prepared: tuple[Path, Path, Path]) -> None:
+    root, _, _ = prepared
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    subprocess.run(train_cmd(root, "whole"), check=True, capture_output=True, env=env)
+
+    proc = subprocess.Popen(train_cmd(root, "killed"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    resume_dir = root / "killed" / "resume"
+    deadline = time.monotonic() + 120
+    while not (resume_dir.is_dir() and any(p.suffix == ".pt" and "-best" not in p.name for p in resume_dir.iterdir())):
+        assert proc.poll() is None, "training finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)  # let it get a few steps past the state it saved
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (root / "killed" / "train.json").exists()
+
+    again = subprocess.run(train_cmd(root, "killed"), check=True, capture_output=True, text=True, env=env)
+    assert "resuming from" in again.stdout
+    assert learning_curve(root / "killed" / "curve.csv") == learning_curve(root / "whole" / "curve.csv")
+    whole = torch.load(root / "whole" / "model" / "model.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(root / "killed" / "model" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert list(resume_dir.iterdir()) == []  # a finished run leaves nothing to resume
+
+
+def test_nan_loss_stops_with_the_step(prepared: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, data, tok = prepared
+    params = parse_params(PARAMS)
+    trainer = Trainer(params.train, params.model, params.evaluate, data, tok)
+    calls = {"n": 0}
+    real = trainer.criterion
+
+    def poisoned(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return real(logits, target) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(trainer, "criterion", poisoned)
+    with pytest.raises(TrainingError, match=r"loss is nan at epoch 1 step 3; lower train.lr"):
+        trainer.fit(root / "nan" / "model", root / "nan" / "curve.csv", root / "nan" / "train.json")
+    assert not (root / "nan" / "train.json").exists()
+
+
+def test_out_of_memory_names_the_batch_setting(prepared: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, data, tok = prepared
+    params = parse_params(PARAMS)
+    trainer = Trainer(params.train, params.model, params.evaluate, data, tok)
+
+    def oom(*args: object, **kwargs: object) -> torch.Tensor:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("s2s.train.batch_loss", oom)
+    with pytest.raises(TrainingError, match=r"CUDA out of memory at epoch 1 step 1 .*lower train.batch_tokens \(now 600\)"):
+        trainer.fit(root / "oom" / "model", root / "oom" / "curve.csv", root / "oom" / "train.json")
