@@ -25,8 +25,6 @@ def _run(args: argparse.Namespace) -> int:
         shutil.copyfile(preset, workspace / args.params)
         print(f"s2s: {args.params} <- presets/{args.preset}.yaml (git diff shows the change)")
 
-    # No telemetry: the machines this runs on often have no way out, and a failed send only adds noise.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import pipeline  # Prefect is imported only when a flow runs
 
     state = pipeline(workspace=str(workspace), params_file=args.params, force=args.force, return_state=True)
@@ -57,7 +55,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _schedule(args: argparse.Namespace) -> int:
     """Serve the flow as a deployment with a cron schedule; this process runs the scheduled runs."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.deployments.runner import EntrypointType
 
     from flows.pipeline import pipeline
@@ -196,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd.set_defaults(func=func)
 
     args = parser.parse_args(argv)
+    # No usage telemetry: these machines often have no way out, and a failed send only adds noise.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call is noise
     from s2s.errors import S2SError

@@ -60,6 +60,8 @@ class RegistryUnavailable(RuntimeError):
 # MLflow retries an unreachable server for minutes by default; the register task retries instead (bounded).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# No usage telemetry from unattended runs (they often have no way out, and a failed send only adds noise).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 @contextlib.contextmanager

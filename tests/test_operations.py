@@ -22,6 +22,12 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without MLflow's URIs, which other tests' set_tracking_uri() exported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return {**env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,14 +69,12 @@ def scheduled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     ws = make_workspace(tmp / "ws", TINY_PARAMS)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PREFECT_HOME": str(tmp / "prefect"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
+    env = clean_env(
+        PREFECT_HOME=str(tmp / "prefect"),
+        PREFECT_API_URL=api,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+    )
     server = start(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp / "server.log", tmp
     )
@@ -128,7 +132,8 @@ def test_scheduled_deployment_runs_and_an_unchanged_second_run_does_nothing(sche
 def test_mlflow_models_serve_answers_invocations(scheduled: dict[str, Any]) -> None:
     ws, tmp = scheduled["ws"], scheduled["tmp"]
     port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}"}
+    db = f"sqlite:///{ws / 'mlflow.db'}"
+    env = clean_env(MLFLOW_TRACKING_URI=db, MLFLOW_REGISTRY_URI=db)
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/s2s-translator@champion", "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     server = start(cmd, env, tmp / "serve.log", tmp)
