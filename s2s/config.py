@@ -168,6 +168,11 @@ class TrainConfig(_Section):
     max_tokens: int = Field(default=128, ge=2)
     threads: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=200, ge=0)
+    patience: int = Field(default=0, ge=0)
+    max_minutes: float = Field(default=0.0, ge=0.0)
+    average_last: int = Field(default=0, ge=0)
+    amp: Literal["off", "bf16"] = "off"
+    compile: bool = False
 
 
 # ------------------------------------------------------------------------- evaluate

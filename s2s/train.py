@@ -115,6 +115,13 @@ class Progress:
     history: list[EpochResult] = field(default_factory=list)
 
 
+def stop_early(valid_bleu: list[float], patience: int) -> bool:
+    """Early stopping: the last `patience` epochs brought no validation BLEU above the best before them."""
+    if not patience or len(valid_bleu) <= patience:
+        return False
+    return max(valid_bleu[-patience:]) <= max(valid_bleu[:-patience])
+
+
 def resume_key(cfg: TrainConfig, model_cfg: ModelConfig, eval_cfg: EvaluateConfig, prepared: Path, tokenizer_dir: Path) -> str:
     """What a resume state belongs to: the same configs, data and tokenizer, nothing else."""
     digest = hashlib.sha256(
@@ -159,6 +166,13 @@ class Trainer:
         self.valid_batches = valid_data.batches(cfg.batch_tokens, shuffle=False)
         self.bleu_pairs = valid_pairs[: cfg.valid_bleu_sentences]
         self.translator = Translator(self.model, self.tok, self.device)
+        # bf16 autocast is a GPU feature; on CPU (oneDNN's LSTM has no bf16 kernel) training stays float32.
+        self.amp = cfg.amp == "bf16" and self.device.type == "cuda"
+        if cfg.amp == "bf16" and not self.amp:
+            log.warning("train.amp=bf16 applies to CUDA only; training in float32 on %s", self.device)
+        # The compiled module only runs the training forward pass; saving and decoding use the plain one.
+        self.forward_model = torch.compile(self.model, dynamic=True) if cfg.compile else self.model
+        self.recent: list[dict[str, torch.Tensor]] = []  # last epochs' weights, for averaging
         self.progress = Progress()
         self.resume_path = self.best_path = None
         if resume_dir is not None:
@@ -208,7 +222,8 @@ class Trainer:
     def train_step(self, batch: Batch, epoch: int, step: int) -> None:
         cfg, p = self.cfg, self.progress
         try:
-            loss = batch_loss(self.model, batch, self.criterion, cfg.teacher_forcing)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss = batch_loss(self.forward_model, batch, self.criterion, cfg.teacher_forcing)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr or check the data")
             self.optimizer.zero_grad(set_to_none=True)
@@ -262,6 +277,11 @@ class Trainer:
             for step in range(p.step + 1, len(batches) + 1):
                 self.train_step(batches[step - 1].to(self.device), epoch, step)
                 p.step = step
+                if self.out_of_time(start):
+                    log.info(
+                        "train.max_minutes=%g reached at epoch %d step %d: validating and stopping", cfg.max_minutes, epoch, step
+                    )
+                    break
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < len(batches):
                     p.epoch_seconds = time.perf_counter() - epoch_start
                     self.save_state()
@@ -286,15 +306,53 @@ class Trainer:
                     self.best_path.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(out_dir / MODEL_FILE, self.best_path)
             write_curve(curve_path, p.history)
+            self.remember_weights()
             self.progress = Progress(epoch=epoch + 1, best_bleu=p.best_bleu, history=p.history)
+            if self.out_of_time(start) or self.patience_exhausted():
+                break
             if epoch < cfg.epochs:
                 self.save_state()
+        self.try_average(out_dir)
         return self.finish(summary_path, time.perf_counter() - start)
+
+    def out_of_time(self, start: float) -> bool:
+        return bool(self.cfg.max_minutes) and time.perf_counter() - start > 60 * self.cfg.max_minutes
+
+    def patience_exhausted(self) -> bool:
+        if stop_early([r.valid_bleu for r in self.progress.history], self.cfg.patience):
+            log.info("no better validation BLEU for %d epochs: stopping early", self.cfg.patience)
+            return True
+        return False
+
+    def remember_weights(self) -> None:
+        if self.cfg.average_last:
+            self.recent = [*self.recent, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}]
+            self.recent = self.recent[-self.cfg.average_last :]
+
+    def try_average(self, out_dir: Path) -> None:
+        """Average the last epochs' weights; keep the average only if it validates better than the best epoch."""
+        if len(self.recent) < 2:
+            return
+        averaged = {k: sum(sd[k].float() for sd in self.recent) / len(self.recent) for k in self.recent[0]}
+        self.model.load_state_dict({k: v.to(self.recent[-1][k].dtype) for k, v in averaged.items()})
+        hyps = self.translator.translate([s for s, _ in self.bleu_pairs], self.eval_cfg.model_copy(update={"beam_size": 1}))
+        bleu = score(hyps, [t for _, t in self.bleu_pairs], with_ter=False)["bleu"]
+        log.info(
+            "average of the last %d epochs: valid BLEU %.2f (best single epoch %.2f)",
+            len(self.recent),
+            bleu,
+            self.progress.best_bleu,
+        )
+        if bleu > self.progress.best_bleu:
+            self.progress.best_bleu = bleu
+            checkpoint.save(
+                out_dir / MODEL_FILE, self.model, self.model_cfg, {"averaged_epochs": len(self.recent), "valid_bleu": bleu}
+            )
 
     def finish(self, summary_path: Path, seconds: float) -> dict[str, object]:
         history = self.progress.history
         summary: dict[str, object] = {
-            "epochs": self.cfg.epochs,
+            "epochs": len(history),
             "best_valid_bleu": self.progress.best_bleu,
             "best_epoch": max(history, key=lambda r: (r.valid_bleu, r.epoch)).epoch,
             "train_pairs": len(self.train_data),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from conftest import TINY_PARAMS, deep_merge
 
 from s2s import ingest, tokenizer
 from s2s.config import parse_params
-from s2s.train import Trainer, TrainingError
+from s2s.train import Trainer, TrainingError, stop_early
 
 pytestmark = pytest.mark.slow
 PARAMS = deep_merge(TINY_PARAMS, {"train": {"epochs": 2, "checkpoint_every": 3, "batch_tokens": 600}})
@@ -100,3 +101,39 @@ def test_out_of_memory_names_the_batch_setting(prepared: tuple[Path, Path, Path]
     monkeypatch.setattr("s2s.train.batch_loss", oom)
     with pytest.raises(TrainingError, match=r"CUDA out of memory at epoch 1 step 1 .*lower train.batch_tokens \(now 600\)"):
         trainer.fit(root / "oom" / "model", root / "oom" / "curve.csv", root / "oom" / "train.json")
+
+
+def test_stop_early() -> None:
+    assert not stop_early([10.0, 12.0, 11.0], 0)  # patience 0: never
+    assert not stop_early([10.0, 12.0], 2)  # too few epochs to judge
+    assert stop_early([10.0, 12.0, 11.0, 12.0], 2)  # two epochs without beating 12.0
+    assert not stop_early([10.0, 12.0, 11.0, 12.5], 2)
+
+
+def test_recipe_options_bf16_averaging_and_budget(prepared: tuple[Path, Path, Path]) -> None:
+    root, data, tok = prepared
+    params = parse_params(deep_merge(PARAMS, {"train": {"amp": "bf16", "average_last": 2, "epochs": 2}}))
+    summary = Trainer(params.train, params.model, params.evaluate, data, tok).fit(
+        root / "avg", root / "avg.csv", root / "avg.json"
+    )
+    assert summary["epochs"] == 2 and (root / "avg" / "model.pt").is_file()
+    with (root / "avg.csv").open() as handle:
+        assert all(math.isfinite(float(r["valid_loss"])) for r in csv.DictReader(handle))  # bf16 stayed finite
+    budget = parse_params(deep_merge(PARAMS, {"train": {"max_minutes": 0.0001, "epochs": 5}}))
+    short = Trainer(budget.train, budget.model, budget.evaluate, data, tok).fit(root / "b", root / "b.csv", root / "b.json")
+    assert short["epochs"] == 1  # the budget ran out in the first epoch: validated once, then stopped
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_and_compile(prepared: tuple[Path, Path, Path]) -> None:
+    root, data, tok = prepared
+    for arch in ({"arch": "rnn"}, {"arch": "transformer", "transformer": {"d_model": 64, "heads": 4, "ff": 128}}):
+        over = {"model": arch, "train": {"device": "cuda", "amp": "bf16", "compile": True, "epochs": 1}}
+        params = parse_params(deep_merge(PARAMS, over))
+        trainer = Trainer(params.train, params.model, params.evaluate, data, tok)
+        assert trainer.amp
+        summary = trainer.fit(root / "gpu", root / "gpu.csv", root / "gpu.json")
+        assert summary["device"].startswith("cuda")
+        with (root / "gpu.csv").open() as handle:
+            assert all(math.isfinite(float(r["valid_loss"])) for r in csv.DictReader(handle))
