@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import random
+import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -113,6 +114,13 @@ class Progress:
     epoch_seconds: float = 0.0
     best_bleu: float = -1.0
     history: list[EpochResult] = field(default_factory=list)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by PyTorch, or this process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def stop_early(valid_bleu: list[float], patience: int) -> bool:
@@ -363,6 +371,7 @@ class Trainer:
                 sum(r.tokens_per_second * r.seconds for r in history) / sum(r.seconds for r in history), 1
             ),
             "device": str(self.device),
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
         }
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,209 @@
+"""Multi30k en->de benchmark: train under a wall-clock budget, then measure quality and speed.
+
+    .venv/bin/python benchmarks/multi30k.py --cpu-budget 60          # the best 2-core CPU recipe in 60 minutes
+    .venv/bin/python benchmarks/multi30k.py --gpu                    # the GPU recipe (bf16, torch.compile)
+    .venv/bin/python benchmarks/multi30k.py --data /path/to/multi30k # another copy of the raw task-1 files
+
+Runs the real DVC stages (ingest, tokenizer, train, evaluate) in a scratch
+workspace, then decodes test_2016_flickr greedy and with beam 5 (batched),
+checks that batched beam search gives exactly the output of one-sentence-at-a-
+time beam search, and measures this machine's dense matmul throughput in the
+same run. Prints a summary and writes everything as JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from flows.workspace import deep_merge, make_workspace  # noqa: E402
+from s2s.config import EvaluateConfig  # noqa: E402
+from s2s.evaluate import score  # noqa: E402
+from s2s.ingest import read_prepared  # noqa: E402
+from s2s.translate import MODEL_FILE, Translator  # noqa: E402
+
+TRANSFORMER = {
+    "arch": "transformer",
+    "transformer": {
+        "d_model": 256, "heads": 4, "encoder_layers": 3, "decoder_layers": 3, "ff": 1024, "dropout": 0.3,
+        "share_embeddings": True, "tie_output": True,
+    },
+}  # fmt: skip
+COMMON_TRAIN = {"lr_schedule": "inverse_sqrt", "label_smoothing": 0.1, "clip": 1.0}
+RECIPES: dict[str, dict[str, Any]] = {
+    # 2 CPU cores: the baselines' model size (d 256, 3+3 layers, 8k joint BPE), tuned for few updates.
+    "cpu": {
+        "model": TRANSFORMER,
+        "train": {
+            **COMMON_TRAIN,
+            "device": "cpu",
+            "epochs": 100,
+            "batch_tokens": 6000,
+            "lr": 0.0015,
+            "warmup_steps": 800,
+            "patience": 4,
+            "average_last": 3,
+        },
+    },
+    # One GPU: a wider model, bigger batches, bf16 and torch.compile.
+    "gpu": {
+        "model": {
+            "arch": "transformer",
+            "transformer": {
+                **TRANSFORMER["transformer"],
+                "d_model": 512,
+                "heads": 8,
+                "encoder_layers": 6,
+                "decoder_layers": 6,
+                "ff": 2048,
+            },
+        },
+        "train": {
+            **COMMON_TRAIN,
+            "device": "cuda",
+            "epochs": 200,
+            "batch_tokens": 12000,
+            "lr": 0.001,
+            "warmup_steps": 2000,
+            "patience": 8,
+            "average_last": 5,
+            "amp": "bf16",
+            "compile": True,
+        },
+    },
+}
+
+
+def matmul_gflops(device: torch.device, seconds: float = 3.0, n: int = 2048) -> float:
+    """This machine's dense float32 matmul throughput (bf16 on GPU), the ceiling training is measured against."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def decode(translator: Translator, sources: list[str], refs: list[str], beam: int, batch: int) -> dict[str, Any]:
+    cfg = EvaluateConfig(beam_size=beam, batch_size=batch)
+    start = time.perf_counter()
+    _, hyps = translator.hypotheses(sources, cfg)
+    seconds = time.perf_counter() - start
+    texts = translator.tok.decode_tgt([h.tokens for h in hyps])
+    tokens = sum(len(h.tokens) + 1 for h in hyps)
+    return {
+        "texts": texts,
+        "metrics": score(texts, refs),
+        "seconds": round(seconds, 2),
+        "sentences_per_second": round(len(sources) / seconds, 1),
+        "tokens_per_second": round(tokens / seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--cpu-budget", type=float, default=60.0, help="minutes of CPU training (default 60)")
+    mode.add_argument("--gpu", action="store_true", help="the GPU recipe, 20 minutes of training")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/multi30k", help="folder of the raw files")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/s2s-multi30k"), help="workspace and results folder")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's choice)")
+    args = parser.parse_args()
+
+    recipe = "gpu" if args.gpu else "cpu"
+    budget = 20.0 if args.gpu else args.cpu_budget
+    preset = yaml.safe_load((REPO / "presets/multi30k.yaml").read_text())
+    files = {split: {side: {"path": str((args.data / f"{name}.{lang}.gz").resolve()),
+                            "sha256": preset["ingest"]["files"][split][side]["sha256"]}
+                     for side, lang in (("src", "en"), ("tgt", "de"))}
+             for split, name in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr"))}  # fmt: skip
+    params = deep_merge(preset, {"ingest": {"files": files}, **RECIPES[recipe]})
+    params = deep_merge(params, {"train": {"max_minutes": budget, "threads": args.threads}, "remote": {"push": False}})
+    ws = args.out / f"ws-{recipe}"
+    if not ws.exists():
+        make_workspace(ws, params)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=env, check=True)
+    pipeline_seconds = time.perf_counter() - start
+
+    train = json.loads((ws / "metrics/train.json").read_text())
+    device = torch.device(train["device"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    translator = Translator.load(ws / "artifacts/model" / MODEL_FILE, ws / "artifacts/tokenizer", train["device"])
+    pairs = read_prepared(ws / "data/prepared", "test")
+    sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+    greedy = decode(translator, sources, refs, beam=1, batch=128)
+    beam = decode(translator, sources, refs, beam=5, batch=64)
+    subset = sources[:200]  # one sentence at a time is slow; the speed-up is measured on the first 200
+    batched = decode(translator, subset, refs[:200], beam=5, batch=64)
+    single = decode(translator, subset, refs[:200], beam=5, batch=1)
+    peak = matmul_gflops(device)
+    params_count = train["parameters"]
+    # Training FLOPs per token ~ 6 x parameters (forward 2, backward 4): a standard rough estimate.
+    train_gflops = 6 * params_count * train["tokens_per_second"] / 1e9
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "recipe": recipe,
+        "command": " ".join(sys.argv),
+        "device": torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else f"{platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+        "train_budget_minutes": budget,
+        "train": train,
+        "pipeline_seconds": round(pipeline_seconds, 1),
+        "test_2016_flickr": {
+            "greedy": {k: v for k, v in greedy.items() if k != "texts"},
+            "beam5": {k: v for k, v in beam.items() if k != "texts"},
+        },
+        "beam5_batched_vs_one_at_a_time": {
+            "identical_output": batched["texts"] == single["texts"],
+            "batched_sentences_per_second": batched["sentences_per_second"],
+            "one_at_a_time_sentences_per_second": single["sentences_per_second"],
+            "speedup": round(batched["sentences_per_second"] / single["sentences_per_second"], 2),
+        },
+        "matmul_gflops": round(peak, 1),
+        "train_gflops_estimate": round(train_gflops, 2),
+        "train_fraction_of_matmul": round(train_gflops / peak, 3),
+        "model_parameters": params_count,
+        "peak_memory_mb": train.get("peak_memory_mb"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"results-{recipe}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    g, b = results["test_2016_flickr"]["greedy"], results["test_2016_flickr"]["beam5"]
+    print(f"Multi30k en->de test_2016_flickr, {recipe} recipe, {budget:g} min budget on {results['device']}")
+    for name, r in (("greedy", g), ("beam 5", b)):
+        m = r["metrics"]
+        print(
+            f"  {name:7s} BLEU {m['bleu']}  chrF {m['chrf']}  {r['sentences_per_second']} sent/s  {r['tokens_per_second']} tok/s"
+        )
+    print(f"  signature {b['metrics']['bleu_signature']}")
+    print(f"  training: {train['epochs']} epochs, {train['train_seconds']} s, {train['tokens_per_second']} tok/s, "
+          f"~{results['train_fraction_of_matmul']:.0%} of this machine's {peak:.0f} GFLOP/s matmul")  # fmt: skip
+    bb = results["beam5_batched_vs_one_at_a_time"]
+    print(f"  beam 5 batched vs one at a time: {bb['speedup']}x, identical output: {bb['identical_output']}")
+    print(f"  {params_count / 1e6:.1f}M parameters, peak memory {results['peak_memory_mb']} MB -> {out}")
+
+
+if __name__ == "__main__":
+    main()
