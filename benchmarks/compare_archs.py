@@ -38,6 +38,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lstm-general": {"model": {"rnn": {"cell": "lstm", "attention": "general"}}},
     "lstm-additive": {"model": {"rnn": {"cell": "lstm", "attention": "additive"}}},
     "gru-none": {"model": {"rnn": {"cell": "gru", "attention": "none"}}},
+    # Without attention the context vector learns slowly: the same model with more than three times the epochs.
+    "lstm-none-10ep": {"model": {"rnn": {"cell": "lstm", "attention": "none"}}, "train": {"epochs": 10}},
     "gru-general": {"model": {"rnn": {"cell": "gru", "attention": "general"}}},
     "transformer": TRANSFORMER,
 }

@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/multi30k", help="folder of the raw files")
     parser.add_argument("--out", type=Path, default=Path("/tmp/s2s-multi30k"), help="workspace and results folder")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's choice)")
+    parser.add_argument("--limit", type=int, default=0, help="decode only the first N test sentences (a quick check; 0: all)")
     args = parser.parse_args()
 
     recipe = "gpu" if args.gpu else "cpu"
@@ -151,12 +152,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     translator = Translator.load(ws / "artifacts/model" / MODEL_FILE, ws / "artifacts/tokenizer", train["device"])
     pairs = read_prepared(ws / "data/prepared", "test")
+    pairs = pairs[: args.limit] if args.limit else pairs
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
     greedy = decode(translator, sources, refs, beam=1, batch=128)
     beam = decode(translator, sources, refs, beam=5, batch=64)
-    subset = sources[:200]  # one sentence at a time is slow; the speed-up is measured on the first 200
-    batched = decode(translator, subset, refs[:200], beam=5, batch=64)
-    single = decode(translator, subset, refs[:200], beam=5, batch=1)
+    n = min(200, len(sources))  # one sentence at a time is slow; the speed-up is measured on the first 200
+    batched = decode(translator, sources[:n], refs[:n], beam=5, batch=64)
+    single = decode(translator, sources[:n], refs[:n], beam=5, batch=1)
     peak = matmul_gflops(device)
     params_count = train["parameters"]
     # Training FLOPs per token ~ 6 x parameters (forward 2, backward 4): a standard rough estimate.
@@ -171,6 +173,7 @@ def main() -> None:
         "train_budget_minutes": budget,
         "train": train,
         "pipeline_seconds": round(pipeline_seconds, 1),
+        "test_sentences": len(sources),
         "test_2016_flickr": {
             "greedy": {k: v for k, v in greedy.items() if k != "texts"},
             "beam5": {k: v for k, v in beam.items() if k != "texts"},

@@ -23,20 +23,19 @@ from s2s.tokenizer import PAD
 _CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
+def _recurrent(cfg: RNNConfig, bidirectional: bool) -> nn.RNNBase:
+    """The configured LSTM/GRU stack over embeddings; dropout between layers only when there are several."""
+    dropout = cfg.dropout if cfg.layers > 1 else 0.0
+    return _CELLS[cfg.cell](cfg.emb_dim, cfg.hidden, cfg.layers, batch_first=True, bidirectional=bidirectional, dropout=dropout)
+
+
 class RNNEncoder(nn.Module):
     def __init__(self, vocab: int, cfg: RNNConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(vocab, cfg.emb_dim, padding_idx=PAD)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.rnn = _CELLS[cfg.cell](
-            cfg.emb_dim,
-            cfg.hidden,
-            num_layers=cfg.layers,
-            batch_first=True,
-            bidirectional=cfg.bidirectional,
-            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
-        )
+        self.rnn = _recurrent(cfg, cfg.bidirectional)
         self.output_size = cfg.hidden * (2 if cfg.bidirectional else 1)
 
     def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -63,13 +62,7 @@ class RNNDecoder(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(vocab, cfg.emb_dim, padding_idx=PAD)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.rnn = _CELLS[cfg.cell](
-            cfg.emb_dim,
-            cfg.hidden,
-            num_layers=cfg.layers,
-            batch_first=True,
-            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
-        )
+        self.rnn = _recurrent(cfg, bidirectional=False)
         self.attention = None
         out_in = cfg.hidden
         if cfg.attention != "none":
