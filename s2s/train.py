@@ -116,6 +116,14 @@ class Progress:
     history: list[EpochResult] = field(default_factory=list)
 
 
+def mean_tokens_per_second(history: list[EpochResult]) -> float:
+    """Throughput over all epochs, each weighted by its duration (an epoch cut short by the budget counts less)."""
+    seconds = sum(r.seconds for r in history)
+    if seconds <= 0:  # a budget that ran out within the first step: no meaningful duration
+        return history[-1].tokens_per_second if history else 0.0
+    return sum(r.tokens_per_second * r.seconds for r in history) / seconds
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated by PyTorch, or this process's peak resident memory on CPU."""
     if device.type == "cuda":
@@ -367,9 +375,7 @@ class Trainer:
             "train_pairs_too_long": self.too_long,
             "parameters": self.model.num_parameters(),
             "train_seconds": round(sum(r.seconds for r in history), 1),
-            "tokens_per_second": round(
-                sum(r.tokens_per_second * r.seconds for r in history) / sum(r.seconds for r in history), 1
-            ),
+            "tokens_per_second": round(mean_tokens_per_second(history), 1),
             "device": str(self.device),
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
         }
