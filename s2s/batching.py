@@ -95,9 +95,16 @@ class ParallelData:
     def __len__(self) -> int:
         return len(self.src)
 
+    def lengths(self) -> list[int]:
+        """Padded length of each pair in a batch: the longer of source and target (+ BOS or EOS)."""
+        return [max(len(s), len(t) + 1) for s, t in zip(self.src, self.tgt, strict=True)]
+
     def batches(self, batch_tokens: int, shuffle: bool, seed: int = 0) -> list[Batch]:
-        lengths = [max(len(s), len(t) + 1) for s, t in zip(self.src, self.tgt, strict=True)]
         return [
             make_batch([self.src[i] for i in idx], [self.tgt[i] for i in idx], idx)
-            for idx in bucket_indices(lengths, batch_tokens, shuffle, seed)
+            for idx in bucket_indices(self.lengths(), batch_tokens, shuffle, seed)
         ]
+
+    def count_batches(self, batch_tokens: int) -> int:
+        """Batches in one epoch (shuffled epochs differ by a batch or two); cheap, no tensors built."""
+        return len(bucket_indices(self.lengths(), batch_tokens, shuffle=False))

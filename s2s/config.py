@@ -9,7 +9,7 @@ ignored (joeynmt's `**kwargs` weak spot).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -132,6 +132,8 @@ class TransformerConfig(_Section):
     decoder_layers: int = Field(default=3, ge=1)
     ff: int = Field(default=1024, ge=1)
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    activation_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
     max_positions: int = Field(default=512, ge=16)
     tie_output: bool = True
@@ -160,7 +162,8 @@ class TrainConfig(_Section):
     batch_tokens: int = Field(default=4000, ge=16)
     lr: float = Field(default=2e-3, gt=0.0)
     warmup_steps: int = Field(default=0, ge=0)
-    lr_schedule: Literal["constant", "inverse_sqrt"] = "constant"
+    lr_schedule: Literal["constant", "inverse_sqrt", "cosine"] = "constant"
+    adam_betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
     clip: float = Field(default=1.0, gt=0.0)
     teacher_forcing: float = Field(default=1.0, ge=0.0, le=1.0)
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)

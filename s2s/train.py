@@ -87,13 +87,18 @@ def validation_loss(model: Seq2Seq, batches: list[Batch], device: torch.device) 
     return total / max(tokens, 1)
 
 
-def lr_factor(step: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up over `warmup` steps, then constant or decaying as 1/sqrt(step)."""
+def lr_factor(step: int, warmup: int, schedule: str, fraction: float = 0.0) -> float:
+    """Linear warm-up over `warmup` steps, then constant, decaying as 1/sqrt(step), or cosine.
+
+    `fraction` is how much of the run is done (0..1); the cosine schedule reaches 0 at 1.
+    """
     step = max(step, 1)
     if warmup and step < warmup:
         return step / warmup
     if schedule == "inverse_sqrt":
         return (max(warmup, 1) / step) ** 0.5
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
     return 1.0
 
 
@@ -112,6 +117,7 @@ class Progress:
     loss_sum: float = 0.0
     loss_tokens: int = 0
     epoch_seconds: float = 0.0
+    seconds: float = 0.0  # training wall time before the last resume state was saved
     best_bleu: float = -1.0
     history: list[EpochResult] = field(default_factory=list)
 
@@ -174,9 +180,12 @@ class Trainer:
             log.warning("left out %d training pairs longer than train.max_tokens=%d subwords", self.too_long, cfg.max_tokens)
         self.model = build_model(model_cfg, self.tok.src.get_piece_size(), self.tok.tgt.get_piece_size()).to(self.device)
         log.info("model: %s, %.2fM parameters, device %s", model_cfg.arch, self.model.num_parameters() / 1e6, self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.progress = Progress()
+        self.clock = time.perf_counter()  # training started at this perf_counter() reading (moved back on resume)
+        self.steps_per_epoch = self.train_data.count_batches(cfg.batch_tokens)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step + 1, cfg.warmup_steps, cfg.lr_schedule)
+            self.optimizer, lambda step: lr_factor(step + 1, cfg.warmup_steps, cfg.lr_schedule, self.run_fraction())
         )
         self.criterion = nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=cfg.label_smoothing)
         self.valid_batches = valid_data.batches(cfg.batch_tokens, shuffle=False)
@@ -189,7 +198,6 @@ class Trainer:
         # The compiled module only runs the training forward pass; saving and decoding use the plain one.
         self.forward_model = torch.compile(self.model, dynamic=True) if cfg.compile else self.model
         self.recent: list[dict[str, torch.Tensor]] = []  # last epochs' weights, for averaging
-        self.progress = Progress()
         self.resume_path = self.best_path = None
         if resume_dir is not None:
             key = resume_key(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir)
@@ -201,6 +209,7 @@ class Trainer:
         if self.resume_path is None:
             return
         p = self.progress
+        p.seconds = self.elapsed()
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -282,8 +291,7 @@ class Trainer:
         if self.load_state() and self.best_path is not None and self.best_path.is_file():
             out_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.best_path, out_dir / MODEL_FILE)
-        start = time.perf_counter()
-        first = (self.progress.epoch, self.progress.step)
+        self.clock = time.perf_counter() - self.progress.seconds  # the budget counts time before a resume too
         while self.progress.epoch <= cfg.epochs:
             p, epoch = self.progress, self.progress.epoch
             self.model.train()
@@ -293,7 +301,7 @@ class Trainer:
             for step in range(p.step + 1, len(batches) + 1):
                 self.train_step(batches[step - 1].to(self.device), epoch, step)
                 p.step = step
-                if self.out_of_time(start):
+                if self.out_of_time():
                     log.info(
                         "train.max_minutes=%g reached at epoch %d step %d: validating and stopping", cfg.max_minutes, epoch, step
                     )
@@ -302,14 +310,12 @@ class Trainer:
                     p.epoch_seconds = time.perf_counter() - epoch_start
                     self.save_state()
                 if step % report_every == 0 or step == len(batches):
-                    done = (epoch - 1) * len(batches) + step
-                    first_done = (first[0] - 1) * len(batches) + first[1]
-                    rate = (time.perf_counter() - start) / max(done - first_done, 1)
+                    fraction, elapsed = self.run_fraction(), self.elapsed()
                     log.info(
-                        "epoch %d/%d  step %d/%d  loss %.3f  %.0f tok/s  elapsed %s  eta %s",
-                        epoch, cfg.epochs, step, len(batches), p.loss_sum / p.loss_tokens,
-                        p.tokens / (time.perf_counter() - epoch_start), _fmt_seconds(time.perf_counter() - start),
-                        _fmt_seconds(rate * (cfg.epochs * len(batches) - done)),
+                        "epoch %d/%d  step %d/%d  loss %.3f  lr %.2e  %.0f tok/s  elapsed %s  eta %s",
+                        epoch, cfg.epochs, step, len(batches), p.loss_sum / p.loss_tokens, self.scheduler.get_last_lr()[0],
+                        p.tokens / (time.perf_counter() - epoch_start), _fmt_seconds(elapsed),
+                        _fmt_seconds(elapsed * (1 - fraction) / max(fraction, 1e-9)),
                     )  # fmt: skip
             result = self.validate(epoch, time.perf_counter() - epoch_start)
             p.history.append(result)
@@ -324,15 +330,27 @@ class Trainer:
             write_curve(curve_path, p.history)
             self.remember_weights()
             self.progress = Progress(epoch=epoch + 1, best_bleu=p.best_bleu, history=p.history)
-            if self.out_of_time(start) or self.patience_exhausted():
+            if self.out_of_time() or self.patience_exhausted():
                 break
             if epoch < cfg.epochs:
                 self.save_state()
         self.try_average(out_dir)
-        return self.finish(summary_path, time.perf_counter() - start)
+        return self.finish(summary_path)
 
-    def out_of_time(self, start: float) -> bool:
-        return bool(self.cfg.max_minutes) and time.perf_counter() - start > 60 * self.cfg.max_minutes
+    def elapsed(self) -> float:
+        """Seconds of training so far, across resumes."""
+        return time.perf_counter() - self.clock
+
+    def run_fraction(self) -> float:
+        """How much of the run is done: steps over `epochs` epochs, or the time budget if that is further along."""
+        p = self.progress
+        fraction = ((p.epoch - 1) * self.steps_per_epoch + p.step) / (self.cfg.epochs * self.steps_per_epoch)
+        if self.cfg.max_minutes:
+            fraction = max(fraction, self.elapsed() / (60 * self.cfg.max_minutes))
+        return min(fraction, 1.0)
+
+    def out_of_time(self) -> bool:
+        return bool(self.cfg.max_minutes) and self.elapsed() > 60 * self.cfg.max_minutes
 
     def patience_exhausted(self) -> bool:
         if stop_early([r.valid_bleu for r in self.progress.history], self.cfg.patience):
@@ -365,7 +383,7 @@ class Trainer:
                 out_dir / MODEL_FILE, self.model, self.model_cfg, {"averaged_epochs": len(self.recent), "valid_bleu": bleu}
             )
 
-    def finish(self, summary_path: Path, seconds: float) -> dict[str, object]:
+    def finish(self, summary_path: Path) -> dict[str, object]:
         history = self.progress.history
         summary: dict[str, object] = {
             "epochs": len(history),

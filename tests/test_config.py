@@ -58,6 +58,8 @@ def test_unknown_section_and_nested_key() -> None:
         ({"evaluate": {"beam_size": 0}}, r"evaluate\.beam_size: .*greater than or equal to 1.*got 0"),
         ({"model": {"rnn": {"attention": "luong"}}}, r"model\.rnn\.attention: .*'none', 'dot', 'general' or 'additive'"),
         ({"train": {"teacher_forcing": 1.5}}, r"train\.teacher_forcing: .*less than or equal to 1"),
+        ({"train": {"adam_betas": [0.9, 1.0]}}, r"train\.adam_betas\.1: .*less than 1"),
+        ({"model": {"transformer": {"attention_dropout": -0.1}}}, r"model\.transformer\.attention_dropout: .*greater than"),
         ({"ingest": {"corpus": "files"}}, r"files.*missing"),
         ({"ingest": {"corpus": "files", "files": {"train": {"src": "a.en"}}}}, r"ingest\.files\.train: .*both `src` and `tgt`"),
         ({"ingest": {"corpus": "files", "files": {"train": {"tsv": {"path": "x", "sha256": "abc"}}}}}, r"sha256: .*pattern"),

@@ -8,6 +8,7 @@ import torch
 from s2s.batching import pad
 from s2s.config import ModelConfig, RNNConfig, TransformerConfig
 from s2s.models import Seq2Seq, build_model
+from s2s.models.dropout import Dropout, dropout
 from s2s.search import beam_search, greedy
 from s2s.tokenizer import BOS, EOS
 
@@ -142,3 +143,28 @@ def test_teacher_forcing_ratio_feeds_predictions(variant: str) -> None:
     # The first step sees BOS either way; later steps see the model's own argmax instead of the reference.
     torch.testing.assert_close(mixed[:, 0], forced[:, 0])
     assert not torch.allclose(mixed[:, 1:], forced[:, 1:])
+
+
+def test_cpu_dropout_matches_inverted_dropout() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    layer = Dropout(0.25)
+    y = layer(x)
+    zeroed = float((y == 0).float().mean())
+    assert abs(zeroed - 0.25) < 0.005  # the configured share is dropped...
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.75))  # ...and survivors are scaled by 1/(1-p)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient flows through kept elements only, with the same scale
+    assert torch.equal(layer.eval()(x), x)  # evaluation: identity
+    assert torch.equal(dropout(x, 0.0, training=True), x)
+    with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\), got 1.0"):
+        Dropout(1.0)
+
+
+def test_transformer_activation_and_attention_dropout_are_separate_settings() -> None:
+    cfg = TransformerConfig(d_model=16, heads=2, ff=32, dropout=0.1, attention_dropout=0.2, activation_dropout=0.3)
+    model = build_model(ModelConfig(arch="transformer", transformer=cfg), VOCAB, VOCAB)
+    probabilities = {m.p for m in model.modules() if isinstance(m, Dropout)}
+    attention = {m.dropout for m in model.modules() if type(m).__name__ == "MultiHeadAttention"}
+    assert probabilities == {0.1, 0.3} and attention == {0.2}
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())  # every dropout uses the cheaper CPU mask

@@ -18,7 +18,7 @@ from conftest import TINY_PARAMS, deep_merge
 
 from s2s import ingest, tokenizer
 from s2s.config import parse_params
-from s2s.train import Trainer, TrainingError, stop_early
+from s2s.train import Trainer, TrainingError, lr_factor, stop_early
 
 pytestmark = pytest.mark.slow
 PARAMS = deep_merge(TINY_PARAMS, {"train": {"epochs": 2, "checkpoint_every": 3, "batch_tokens": 600}})
@@ -122,6 +122,32 @@ def test_recipe_options_bf16_averaging_and_budget(prepared: tuple[Path, Path, Pa
     budget = parse_params(deep_merge(PARAMS, {"train": {"max_minutes": 0.0001, "epochs": 5}}))
     short = Trainer(budget.train, budget.model, budget.evaluate, data, tok).fit(root / "b", root / "b.csv", root / "b.json")
     assert short["epochs"] == 1  # the budget ran out in the first epoch: validated once, then stopped
+
+
+def test_lr_factor_warmup_then_schedules() -> None:
+    assert [lr_factor(s, 4, "constant") for s in (1, 2, 4, 100)] == [0.25, 0.5, 1.0, 1.0]
+    assert lr_factor(16, 4, "inverse_sqrt") == 0.5
+    assert lr_factor(2, 4, "cosine", fraction=0.9) == 0.5  # warm-up first, whatever the fraction
+    cosine = [lr_factor(10, 4, "cosine", fraction=f) for f in (0.0, 0.5, 1.0, 1.5)]
+    assert cosine[0] == 1.0 and abs(cosine[1] - 0.5) < 1e-12 and cosine[2] == cosine[3] == 0.0
+
+
+def test_cosine_schedule_ends_near_zero_and_budget_survives_a_resume(prepared: tuple[Path, Path, Path]) -> None:
+    root, data, tok = prepared
+    params = parse_params(deep_merge(PARAMS, {"train": {"lr_schedule": "cosine", "adam_betas": [0.9, 0.98]}}))
+    trainer = Trainer(params.train, params.model, params.evaluate, data, tok)
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.98)
+    trainer.fit(root / "cos", root / "cos.csv", root / "cos.json")
+    assert trainer.run_fraction() == 1.0
+    assert trainer.scheduler.get_last_lr()[0] < 0.05 * params.train.lr  # decayed to ~0 over the 2 epochs
+
+    budget = parse_params(deep_merge(PARAMS, {"train": {"lr_schedule": "cosine", "max_minutes": 10.0}}))
+    first = Trainer(budget.train, budget.model, budget.evaluate, data, tok, resume_dir=root / "budget")
+    first.clock -= 300  # as if 5 of the 10 minutes had been spent before the process was killed
+    assert 0.5 <= first.run_fraction() < 0.6
+    first.save_state()
+    second = Trainer(budget.train, budget.model, budget.evaluate, data, tok, resume_dir=root / "budget")
+    assert second.load_state() and second.progress.seconds >= 300  # the budget counts the time before the resume
 
 
 @pytest.mark.gpu

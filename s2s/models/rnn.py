@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from s2s.config import RNNConfig
 from s2s.models.attention import build_attention
 from s2s.models.base import DecoderOutput, DecoderState, Seq2Seq
+from s2s.models.dropout import Dropout
 from s2s.tokenizer import PAD
 
 _CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -34,7 +35,7 @@ class RNNEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(vocab, cfg.emb_dim, padding_idx=PAD)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.rnn = _recurrent(cfg, cfg.bidirectional)
         self.output_size = cfg.hidden * (2 if cfg.bidirectional else 1)
 
@@ -61,7 +62,7 @@ class RNNDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(vocab, cfg.emb_dim, padding_idx=PAD)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.rnn = _recurrent(cfg, bidirectional=False)
         self.attention = None
         out_in = cfg.hidden

@@ -19,6 +19,7 @@ from torch import nn
 
 from s2s.config import TransformerConfig
 from s2s.models.base import DecoderOutput, DecoderState, Seq2Seq
+from s2s.models.dropout import Dropout, dropout
 from s2s.tokenizer import PAD
 
 
@@ -47,7 +48,7 @@ class Embedding(nn.Module):
             self.register_buffer("table", sinusoids(cfg.max_positions, cfg.d_model), persistent=False)
         self.positions = cfg.positions
         self.max_positions = cfg.max_positions
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         """ids (B, T) at positions start..start+T-1 -> (B, T, D)."""
@@ -65,7 +66,7 @@ class MultiHeadAttention(nn.Module):
         self.q = nn.Linear(cfg.d_model, cfg.d_model)
         self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attention_dropout
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, heads, T, Dh)."""
@@ -86,25 +87,30 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, D) attends to k, v (B, heads, S, Dh); mask (B, 1|T, S) true where allowed."""
         q = self.split(self.q(x))  # (B, heads, T, Dh)
-        dropout = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)  # (B, heads, T, S)
             if mask is not None:
                 scores = scores.masked_fill(~mask[:, None], float("-inf"))
             probs = torch.softmax(scores, dim=-1)
-            out = F.dropout(probs, dropout, self.training) @ v
+            out = dropout(probs, self.dropout, self.training) @ v
             weights = probs.mean(dim=1)  # (B, T, S)
         else:
             attn_mask = None if mask is None else mask[:, None]  # (B, 1, 1|T, S)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=causal)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
+            )
         out = out.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # (B, T, D)
         return self.out(out), weights
 
 
 class FeedForward(nn.Sequential):
     def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__(nn.Linear(cfg.d_model, cfg.ff), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ff, cfg.d_model))
+        # Dropout on the ff-wide activations (fairseq's activation_dropout) is off by default: on CPU it
+        # costs as much as the residual dropouts together for little gain.
+        super().__init__(
+            nn.Linear(cfg.d_model, cfg.ff), nn.ReLU(), Dropout(cfg.activation_dropout), nn.Linear(cfg.ff, cfg.d_model)
+        )
 
 
 class EncoderLayer(nn.Module):
@@ -112,7 +118,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.attn, self.ff = MultiHeadAttention(cfg), FeedForward(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
@@ -126,7 +132,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.norms = nn.ModuleList(nn.LayerNorm(cfg.d_model) for _ in range(3))
         self.self_attn, self.cross_attn, self.ff = MultiHeadAttention(cfg), MultiHeadAttention(cfg), FeedForward(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(
         self,
