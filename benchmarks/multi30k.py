@@ -7,8 +7,11 @@
 Runs the real DVC stages (ingest, tokenizer, train, evaluate) in a scratch
 workspace, then decodes test_2016_flickr greedy and with beam 5 (batched),
 checks that batched beam search gives exactly the output of one-sentence-at-a-
-time beam search, and measures this machine's dense matmul throughput in the
-same run. Prints a summary and writes everything as JSON (`--out`).
+time beam search, times greedy decoding one sentence at a time, counts the
+training FLOPs per token and measures this machine's dense matmul throughput
+in the same run. Prints a summary and writes everything as JSON (`--out`).
+Run again with the same `--out`, it skips the unchanged stages and re-measures
+decoding only.
 """
 
 from __future__ import annotations

@@ -106,8 +106,8 @@ class MultiHeadAttention(nn.Module):
 
 class FeedForward(nn.Sequential):
     def __init__(self, cfg: TransformerConfig) -> None:
-        # Dropout on the ff-wide activations (fairseq's activation_dropout) is off by default: on CPU it
-        # costs as much as the residual dropouts together for little gain.
+        # Dropout on the ff-wide activations (fairseq's activation_dropout) is off by default: its tensors
+        # are ff/d_model times a residual branch's, and on CPU drawing their masks is slow.
         super().__init__(
             nn.Linear(cfg.d_model, cfg.ff), nn.ReLU(), Dropout(cfg.activation_dropout), nn.Linear(cfg.ff, cfg.d_model)
         )
