@@ -10,24 +10,44 @@ import shutil
 import sys
 from pathlib import Path
 
+from s2s.layout import EVAL_METRICS, MODEL_FILE, PARAMS_FILE
+
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
+# `--params` used to log one file while the DVC stages trained on params.yaml; it is refused rather than kept half true.
+PARAMS_GONE = (
+    "--params is no longer accepted: the DVC stages always read {params}, so another file would train on {params} while "
+    "the run logged its own values. Copy it over {params} (`git diff` shows the change), or use --preset NAME|FILE."
+)
+
+
+def _refuse_params(args: argparse.Namespace) -> int | None:
+    if args.params is not None:
+        print(f"s2s {args.command}: " + PARAMS_GONE.format(params=PARAMS_FILE), file=sys.stderr)
+        return 2
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
+    if (refused := _refuse_params(args)) is not None:
+        return refused
     workspace = Path(args.workspace).resolve()
     if args.preset:
-        preset = PRESETS / f"{args.preset}.yaml"
+        given = Path(args.preset)
+        preset = given if given.suffix in (".yaml", ".yml") else PRESETS / f"{args.preset}.yaml"
         if not preset.is_file():
             names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
-            print(f"s2s: no preset {args.preset!r}; available: {', '.join(names)}", file=sys.stderr)
+            print(f"s2s: no preset {args.preset!r}; available: {', '.join(names)} (or a path to a params file)", file=sys.stderr)
             return 2
+        from s2s.config import load_params
+
+        load_params(preset)  # a bad file is refused before it replaces params.yaml
         # A preset is a complete params file; writing it to params.yaml keeps DVC's view true.
-        shutil.copyfile(preset, workspace / args.params)
-        print(f"s2s: {args.params} <- presets/{args.preset}.yaml (git diff shows the change)")
+        shutil.copyfile(preset, workspace / PARAMS_FILE)
+        print(f"s2s: {PARAMS_FILE} <- {args.preset} (git diff shows the change)")
 
     from flows.pipeline import pipeline  # Prefect is imported only when a flow runs
 
-    state = pipeline(workspace=str(workspace), params_file=args.params, force=args.force, return_state=True)
+    state = pipeline(workspace=str(workspace), force=args.force, return_state=True)
     if not state.is_completed():
         print(f"\ns2s: pipeline {state.name.lower()}: {state.message}", file=sys.stderr)
         return 1
@@ -43,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
                 "s2s pipeline finished",
                 f"  stages      : {stages}",
                 f"  test BLEU   : {metrics['bleu']}  chrF {metrics['chrf']}"
-                f"  (copying the source: BLEU {metrics['copy_source_bleu']})  -> {workspace / 'metrics/eval.json'}",
+                f"  (copying the source: BLEU {metrics['copy_source_bleu']})  -> {EVAL_METRICS}",
                 f"  MLflow run  : {reg['run_id']}  (mlflow ui --backend-store-uri {uri})",
                 f"  model       : models:/{reg['name']}/{reg['version']}  ({status})",
                 f"  gate        : {result['gate']['decision']}: {result['gate'].get('reason', '')}",
@@ -55,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _schedule(args: argparse.Namespace) -> int:
     """Serve the flow as a deployment with a cron schedule; this process runs the scheduled runs."""
+    if (refused := _refuse_params(args)) is not None:
+        return refused
     from prefect.deployments.runner import EntrypointType
 
     from flows.pipeline import pipeline
@@ -64,7 +86,7 @@ def _schedule(args: argparse.Namespace) -> int:
     pipeline.serve(
         name=args.name,
         cron=args.cron,
-        parameters={"workspace": str(workspace), "params_file": args.params, "force": args.force},
+        parameters={"workspace": str(workspace), "force": args.force},
         description="Scheduled s2s retraining: DVC re-runs only what changed, so an unchanged run trains nothing.",
         tags=["s2s", "retraining"],
         limit=1,  # never two runs of this deployment writing one workspace at once
@@ -98,7 +120,7 @@ def _translate(args: argparse.Namespace) -> int:
         def translate(chunk: list[str], offset: int) -> list[str]:
             return [str(t) for t in model.predict(chunk)]
     else:
-        from s2s.translate import MODEL_FILE, Translator
+        from s2s.translate import Translator
 
         translator = Translator.load(Path(args.model) / MODEL_FILE, Path(args.tokenizer))
 
@@ -125,9 +147,11 @@ def _registry(args: argparse.Namespace) -> tuple[object, str]:
     from s2s.registry import connect
 
     workspace = Path(args.workspace).resolve()
-    params = load_params(workspace / args.params)
-    client, _ = connect(params.registry, workspace)
-    return client, params.registry.model_name
+    registry = load_params(workspace / args.params).registry
+    if args.tracking_uri:
+        registry = registry.model_copy(update={"tracking_uri": args.tracking_uri})
+    client, _ = connect(registry, workspace)
+    return client, registry.model_name
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -137,6 +161,30 @@ def _promote(args: argparse.Namespace) -> int:
     replaced = promote(client, name, args.version, args.reason)  # type: ignore[arg-type]
     before = f"v{replaced.version}" if replaced is not None else "none"
     print(f"s2s: {name} champion is now v{args.version} (was {before}); `s2s rollback` undoes this")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    """A registered version's data, tokenizer and model files back into this workspace, from the DVC remote."""
+    import subprocess
+
+    from s2s.registry import download_lineage
+
+    workspace = Path(args.workspace).resolve()
+    client, name = _registry(args)
+    version = download_lineage(client, name, args.version, workspace)  # type: ignore[arg-type]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    pull = subprocess.run([sys.executable, "-m", "dvc", "pull", "--force"], cwd=workspace, env=env)
+    if pull.returncode != 0:
+        print(f"s2s restore: `dvc pull` failed (exit {pull.returncode}); is the DVC remote reachable? `dvc remote list`",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    commit = version.tags.get("git.commit", "unknown")
+    print(
+        f"s2s: {name} v{version.version} restored: dvc.lock, params.yaml and metrics from its run, data, tokenizer and model\n"
+        f"     from the DVC remote. Its code is git commit {commit} (`git checkout {commit}`); "
+        "`git checkout dvc.lock params.yaml metrics && dvc checkout` goes back."
+    )
     return 0
 
 
@@ -155,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="run the whole pipeline (DVC stages, MLflow registration, DVC push) as a Prefect flow")
     run.add_argument("--workspace", default=".", help="folder with dvc.yaml and params.yaml (default: .)")
-    run.add_argument("--params", default="params.yaml", help="params file inside the workspace")
-    run.add_argument("--preset", help="write presets/NAME.yaml to the params file first (e.g. multi30k)")
+    run.add_argument("--params", help=argparse.SUPPRESS)  # refused with a reason: see PARAMS_GONE
+    run.add_argument("--preset", help=f"write presets/NAME.yaml (e.g. multi30k) or a params FILE to {PARAMS_FILE} first")
     run.add_argument("--force", action="store_true", help="re-run every stage even if DVC says nothing changed")
     run.set_defaults(func=_run)
 
@@ -164,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     sch.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *" for 03:00 every day')
     sch.add_argument("--name", default="s2s-retrain", help="deployment name (default: s2s-retrain)")
     sch.add_argument("--workspace", default=".", help="folder with dvc.yaml and params.yaml (default: .)")
-    sch.add_argument("--params", default="params.yaml", help="params file inside the workspace")
+    sch.add_argument("--params", help=argparse.SUPPRESS)
     sch.add_argument("--force", action="store_true", help="retrain on every run, even when nothing changed")
     sch.set_defaults(func=_schedule)
 
@@ -183,13 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, func, text in (
         ("promote", _promote, "make a model version the champion"),
         ("rollback", _rollback, "give champion back to the version it replaced"),
+        ("restore", _restore, "put a registered version's data, tokenizer and model files back (dvc.lock + dvc pull)"),
     ):
         cmd = sub.add_parser(name, help=text)
         if name == "promote":
             cmd.add_argument("version", help="model version number")
             cmd.add_argument("--reason", default="promoted by hand with `s2s promote`", help="recorded in the version's tags")
+        if name == "restore":
+            cmd.add_argument("version", help="model version number or alias (e.g. champion)")
         cmd.add_argument("--workspace", default=".", help="folder with params.yaml (for the registry settings)")
-        cmd.add_argument("--params", default="params.yaml", help="params file inside the workspace")
+        cmd.add_argument("--params", default=PARAMS_FILE, help="params file inside the workspace (its registry section)")
+        cmd.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: registry.tracking_uri of the params)")
         cmd.set_defaults(func=func)
 
     args = parser.parse_args(argv)

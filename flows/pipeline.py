@@ -21,28 +21,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from s2s.config import load_params
-from s2s.ingest import read_prepared
+from s2s import layout
+from s2s.config import Params, PromoteConfig, RegistryConfig, load_params
 from s2s.registry import DECISION_TAG, REASON_TAG, Registered, RunInputs, connect, lineage_key, register, run_gate, score_model
-
-STAGES = ("ingest", "tokenizer", "train", "evaluate")
-# Where the stages put things; the same paths as in dvc.yaml.
-PATHS = {
-    "prepared": "data/prepared",
-    "ingest_stats": "metrics/ingest.json",
-    "tokenizer_dir": "artifacts/tokenizer",
-    "model_file": "artifacts/model/model.pt",
-    "train_curve": "metrics/train_curve.csv",
-    "train_summary": "metrics/train.json",
-    "eval_metrics": "metrics/eval.json",
-    "hypotheses": "reports/hypotheses.tsv",
-    "attention_dir": "reports/attention",
-}
 
 
 class StageFailed(RuntimeError):
@@ -124,28 +109,56 @@ def _git(workspace: Path, *args: str) -> str:
         return ""
 
 
+def stale_stages(workspace: Path, *stages: str) -> set[str]:
+    """The stages DVC reports as changed (deps, params, command or outputs), from `dvc status --json`'s own data."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json", *stages], cwd=workspace, env=_env(), capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        raise StageFailed(f"dvc status failed with exit code {out.returncode}:\n{out.stderr[-2000:]}")
+    return set(json.loads(out.stdout or "{}")) & set(stages)
+
+
+@task(name="track-raw-data", task_run_name=f"dvc add {layout.RAW_DIR}")
+def track_raw_data(workspace: Path) -> list[str]:
+    """Version own data: every file in RAW_DIR that git does not track is `dvc add`ed (new or changed), so the
+    push carries exactly the raw data this run trains on and a clone can `dvc pull` it. `dvc repro` does the
+    same for files added before; running single stages, the flow must do it itself."""
+    raw = workspace / layout.RAW_DIR
+    files = [p for p in sorted(raw.iterdir()) if p.is_file() and not p.name.startswith(".") and p.suffix != ".dvc"]
+    files = [p for p in files if not _git(workspace, "ls-files", str(p.relative_to(workspace)))]
+    if files:
+        run_logged([sys.executable, "-m", "dvc", "add", *(str(p.relative_to(workspace)) for p in files)], workspace, "dvc add")
+    return [str(p.relative_to(workspace)) for p in files]
+
+
 @task(name="dvc-stage", task_run_name="dvc repro {stage}")
 def dvc_stage(workspace: Path, stage: str, force: bool = False) -> bool:
-    """Reproduce one stage if its deps or params changed; True when it ran."""
+    """Reproduce one stage if DVC finds its deps, params or outputs changed; True when it ran."""
+    ran = force or stage in stale_stages(workspace, stage)
     args = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     if force:
         args.append("--force")
-    lines = run_logged(args, workspace, stage)
-    return not any("didn't change, skipping" in line for line in lines)
+    run_logged(args, workspace, stage)
+    return ran
+
+
+def read_lock(workspace: Path) -> layout.LockView:
+    """dvc.lock as DVC reads it: YAML 1.2, so `amp: off` stays the string "off" (YAML 1.1 readers make it False)."""
+    from dvc.utils.serialize import load_yaml
+
+    return layout.LockView.from_lock(json.loads(json.dumps(load_yaml(workspace / layout.LOCK_FILE))))  # plain dicts
 
 
 @task(name="register", retries=2, retry_delay_seconds=5)
-def register_model(workspace: Path, params_file: str) -> Registered:
-    params = load_params(workspace / params_file)
-    lock = yaml.safe_load((workspace / "dvc.lock").read_text())
-    key = lineage_key(lock, params.evaluate)
+def register_model(workspace: Path, registry: RegistryConfig) -> Registered:
+    """Log the run and register its model, with the params and hashes dvc.lock recorded: what really ran."""
+    lock = read_lock(workspace)
+    inputs = RunInputs(workspace=workspace, registry=registry, trained_with=lock.params)
+    key = lineage_key(lock.outs, inputs.decoding)
     commit = _git(workspace, "rev-parse", "HEAD") or "unknown"
     dirty = bool(_git(workspace, "status", "--porcelain", "--untracked-files=no"))
-    stage_hashes = {
-        f"dvc.{stage}.{Path(o['path']).name}": o.get("md5", "")
-        for stage in ("ingest", "tokenizer", "train")
-        for o in lock["stages"][stage].get("outs", [])
-    }
+    stage_hashes = {f"dvc.{stage}.{Path(path).name}": lock.outs.get(path, "") for stage, path in layout.LINEAGE_OUTS.items()}
     tags = {
         "git.commit": commit,
         "git.dirty": str(dirty).lower(),
@@ -155,16 +168,16 @@ def register_model(workspace: Path, params_file: str) -> Registered:
     description = (
         f"Trained by the s2s pipeline from git commit {commit}{' (with local changes)' if dirty else ''}, "
         f"Prefect flow run {tags['prefect.flow_run_id']}; data {stage_hashes.get('dvc.ingest.prepared', '?')}, "
-        f"tokenizer {stage_hashes.get('dvc.tokenizer.tokenizer', '?')} (dvc.lock md5)."
+        f"tokenizer {stage_hashes.get('dvc.tokenizer.tokenizer', '?')} (dvc.lock md5). "
+        "`s2s restore VERSION` puts its data, tokenizer and model files back from the DVC remote."
     )
-    inputs = RunInputs(workspace=workspace, params=params, **{k: workspace / v for k, v in PATHS.items() if k != "prepared"})
     try:
         result = register(inputs, key, tags, description)
     except Exception as err:  # MLflow raises its own, requests' and OS errors for an unreachable server
         if type(err).__name__ not in ("MlflowException", "ConnectionError", "RestException") and not isinstance(err, OSError):
             raise
         raise RegistryUnavailable(
-            f"MLflow registry at {params.registry.tracking_uri} failed: {err}. The trained model is kept in the DVC "
+            f"MLflow registry at {registry.tracking_uri} failed: {err}. The trained model is kept in the DVC "
             "cache; run the pipeline again once MLflow is back and it registers the model without retraining."
         ) from err
     get_run_logger().info(
@@ -178,39 +191,36 @@ def register_model(workspace: Path, params_file: str) -> Registered:
 
 
 @task(name="dvc-push", retries=2, retry_delay_seconds=5)
-def dvc_push(workspace: Path, params_file: str) -> None:
-    remote = load_params(workspace / params_file).remote
-    url = Path(remote.url)
-    url = url if url.is_absolute() or "://" in remote.url else (workspace / url).resolve()
-    dvc = [sys.executable, "-m", "dvc"]
-    # --local: the remote goes to .dvc/config.local, so a test's temporary remote never edits tracked config.
-    run_logged([*dvc, "remote", "add", "--local", "--force", remote.name, str(url)], workspace, "dvc remote")
-    run_logged([*dvc, "push", "--remote", remote.name], workspace, "dvc push")
+def dvc_push(workspace: Path) -> None:
+    """Push to DVC's default remote (.dvc/config; `dvc remote modify --local` points a checkout elsewhere)."""
+    try:
+        run_logged([sys.executable, "-m", "dvc", "push"], workspace, "dvc push")
+    except StageFailed as err:
+        raise StageFailed(f"{err}\n(the DVC remote is configured in .dvc/config: `dvc remote list` shows it)") from None
 
 
 @task(name="promotion-gate", retries=1, retry_delay_seconds=5)
-def promotion_gate(workspace: Path, params_file: str, registered: Registered) -> dict[str, Any]:
+def promotion_gate(workspace: Path, registry: RegistryConfig, promote: PromoteConfig, registered: Registered) -> dict[str, Any]:
     """Challenger vs champion on the current test set; see s2s.registry.run_gate."""
-    params = load_params(workspace / params_file)
     logger = get_run_logger()
-    if not params.promote.enabled:
+    if not promote.enabled:
         logger.info("promotion gate disabled (promote.enabled: false): champion unchanged")
         return {"decision": "skipped", "reason": "promote.enabled is false"}
-    client, _ = connect(params.registry, workspace)
+    client, _ = connect(registry, workspace)
     tags = client.get_model_version(registered.name, registered.version).tags
     if not registered.created and DECISION_TAG in tags:
         logger.info("v%s was decided before (%s): gate skipped", registered.version, tags[DECISION_TAG])
         return {"decision": f"unchanged ({tags[DECISION_TAG]})", "reason": tags.get(REASON_TAG, "")}
-    pairs = read_prepared(workspace / PATHS["prepared"], "test")
+    pairs = layout.read_prepared(workspace / layout.PREPARED_DIR, "test")
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
-    metric = params.promote.metric
+    metric = promote.metric
 
     def scorer(version: str) -> float:
         value = score_model(f"models:/{registered.name}/{version}", sources, references, metric)
         logger.info("v%s: test %s %.2f", version, metric, value)
         return value
 
-    decision = run_gate(client, registered.name, registered.version, metric, params.promote.margin, scorer)
+    decision = run_gate(client, registered.name, registered.version, metric, promote.margin, scorer)
     logger.info("gate: %s", decision.reason)
     return {"decision": "promoted" if decision.promote else "rejected", **asdict(decision)}
 
@@ -238,23 +248,28 @@ def _report(metrics: dict[str, Any], registered: Registered, gate: dict[str, Any
 
 
 def _samples(workspace: Path, n: int = 10) -> list[dict[str, str]]:
-    with (workspace / PATHS["hypotheses"]).open(encoding="utf-8") as handle:
+    with (workspace / layout.HYPOTHESES).open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     return rows[:n]
 
 
 @flow(name="s2s-pipeline", log_prints=True)
-def pipeline(workspace: str = ".", params_file: str = "params.yaml", force: bool = False) -> dict[str, Any]:
-    """ingest -> tokenizer -> train -> evaluate (DVC), register and gate in MLflow, push to the DVC remote."""
+def pipeline(workspace: str = ".", force: bool = False) -> dict[str, Any]:
+    """ingest -> tokenizer -> train -> evaluate (DVC), register and gate in MLflow, push to the DVC remote.
+
+    The stages read the workspace's params.yaml (DVC records what each ran with in dvc.lock); the flow reads
+    and validates it once, up front, and hands its own tasks the typed sections they need.
+    """
     root = Path(workspace).resolve()
-    params = load_params(root / params_file)  # fail before any work on a bad params file
+    params: Params = load_params(root / layout.PARAMS_FILE)  # fail before any work on a bad params file
     with workspace_lock(root):
-        ran = {stage: dvc_stage(root, stage, force) for stage in STAGES}
-        registered = register_model(root, params_file)
-        gate = promotion_gate(root, params_file, registered)
+        track_raw_data(root)
+        ran = {stage: dvc_stage(root, stage, force) for stage in layout.STAGE_NAMES}
+        registered = register_model(root, params.registry)
+        gate = promotion_gate(root, params.registry, params.promote, registered)
         if params.remote.push:
-            dvc_push(root, params_file)
-    metrics = json.loads((root / PATHS["eval_metrics"]).read_text())
+            dvc_push(root)
+    metrics = json.loads((root / layout.EVAL_METRICS).read_text())
     create_markdown_artifact(
         _report(metrics, registered, gate, ran, params.registry.ui_url),
         key="s2s-run-report",

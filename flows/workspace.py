@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from s2s.config import parse_params
+from s2s.layout import PARAMS_FILE, RAW_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,23 +35,27 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def write_params(root: Path, params: dict[str, Any]) -> None:
     """Validated and complete, as a user's params.yaml is: DVC needs every key a stage lists."""
-    (root / "params.yaml").write_text(yaml.safe_dump(parse_params(params).model_dump(mode="json"), sort_keys=False))
+    (root / PARAMS_FILE).write_text(yaml.safe_dump(parse_params(params).model_dump(mode="json"), sort_keys=False))
+
+
+GIT = ["git", "-c", "user.name=s2s", "-c", "user.email=s2s@example.invalid"]
 
 
 def make_workspace(root: Path, params: dict[str, Any]) -> Path:
+    """A git + DVC repository like a checkout of this one: dvc.yaml, s2s/, data/raw/, the committed DVC config.
+
+    Its default DVC remote is therefore `../s2s-dvc-remote` beside it, as for a real checkout.
+    """
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(REPO / "s2s", root / "s2s", ignore=shutil.ignore_patterns("__pycache__"))
-    local = {
-        "registry": {"tracking_uri": "sqlite:///mlflow.db", "artifact_root": "mlartifacts"},
-        "remote": {"url": str(root.parent / f"{root.name}-remote")},
-    }
-    write_params(root, deep_merge(params, local))
+    (root / RAW_DIR).mkdir(parents=True)
+    shutil.copy(REPO / RAW_DIR / ".gitignore", root / RAW_DIR / ".gitignore")
+    write_params(root, deep_merge(params, {"registry": {"tracking_uri": "sqlite:///mlflow.db", "artifact_root": "mlartifacts"}}))
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.cache/\n__pycache__/\n")
-    git = ["git", "-c", "user.name=s2s", "-c", "user.email=s2s@example.invalid"]
     run(["git", "init", "-q"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)
-    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root)
-    run([*git, "add", "-A"], root)
-    run([*git, "commit", "-q", "-m", "workspace"], root)
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    run([*GIT, "add", "-A"], root)
+    run([*GIT, "commit", "-q", "-m", "workspace"], root)
     return root

@@ -9,7 +9,7 @@ ignored (joeynmt's `**kwargs` weak spot).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -104,7 +104,7 @@ class IngestConfig(_Section):
 
 
 class TokenizerConfig(_Section):
-    model_type: Literal["unigram", "bpe"] = "unigram"
+    model_type: Literal["unigram", "bpe"] = "bpe"
     vocab_size: int = Field(default=1000, ge=16)
     joint: bool = True
     character_coverage: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -158,9 +158,9 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     seed: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    epochs: int = Field(default=4, ge=1)
-    batch_tokens: int = Field(default=4000, ge=16)
-    lr: float = Field(default=2e-3, gt=0.0)
+    epochs: int = Field(default=3, ge=1)
+    batch_tokens: int = Field(default=2000, ge=16)
+    lr: float = Field(default=3e-3, gt=0.0)
     warmup_steps: int = Field(default=0, ge=0)
     lr_schedule: Literal["constant", "inverse_sqrt", "cosine"] = "constant"
     adam_betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
@@ -182,12 +182,19 @@ class TrainConfig(_Section):
 
 
 class EvaluateConfig(_Section):
+    # The keys that validation during training decodes with (greedily); the train stage depends on these only.
+    VALIDATION_KEYS: ClassVar[tuple[str, ...]] = ("batch_size", "max_len_a", "max_len_b")
+
     beam_size: int = Field(default=1, ge=1)
     batch_size: int = Field(default=128, ge=1)
     max_len_a: float = Field(default=1.5, gt=0.0)
     max_len_b: int = Field(default=10, ge=0)
     length_penalty: float = Field(default=1.0, ge=0.0)
     attention_maps: int = Field(default=4, ge=0)
+
+    def for_validation(self) -> EvaluateConfig:
+        """Greedy decoding with this config's VALIDATION_KEYS, everything else at its default."""
+        return EvaluateConfig(**{key: getattr(self, key) for key in self.VALIDATION_KEYS})
 
 
 # -------------------------------------------------- orchestration (not a DVC stage)
@@ -208,8 +215,7 @@ class PromoteConfig(_Section):
 
 
 class RemoteConfig(_Section):
-    name: str = "local"
-    url: str = ".dvc-remote"
+    # Which remote, and where, is DVC's own configuration (.dvc/config, `dvc remote`); this only says whether to push.
     push: bool = True
 
 

@@ -1,4 +1,4 @@
-"""Scoring with sacreBLEU on detokenized, cased text; never a home-made BLEU."""
+"""The evaluate stage's library: decode the test split, score it, write metrics, hypotheses and attention maps."""
 
 from __future__ import annotations
 
@@ -9,27 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.metrics import BLEU
 
 from s2s.config import EvaluateConfig
-from s2s.ingest import read_prepared
+from s2s.layout import read_prepared
+from s2s.scoring import score
 from s2s.translate import Translator
 
 log = logging.getLogger(__name__)
-
-
-def score(hypotheses: list[str], references: list[str], with_ter: bool = True) -> dict[str, Any]:
-    """BLEU, chrF (and TER) of one reference set, with each metric's signature."""
-    refs = [references]
-    metrics: list[tuple[str, Any]] = [("bleu", BLEU()), ("chrf", CHRF())]
-    if with_ter:
-        metrics.append(("ter", TER()))
-    out: dict[str, Any] = {}
-    for name, metric in metrics:
-        result = metric.corpus_score(hypotheses, refs)
-        out[name] = round(result.score, 2)
-        out[f"{name}_signature"] = str(metric.get_signature())
-    return out
 
 
 def length_buckets(

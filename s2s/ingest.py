@@ -26,10 +26,10 @@ from pathlib import Path
 from s2s.config import CleanConfig, IngestConfig, Location, SplitSource
 from s2s.corpus import generate_pairs
 from s2s.errors import S2SError
+from s2s.layout import DOWNLOADS_DIR, RAW_DIR, SPLITS, Pair, write_prepared
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
 # C0/C1 control characters except tab; NUL included. Tabs are allowed only inside
 # sentences read from two-file corpora (a TSV line's tab is its column separator).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -75,9 +75,6 @@ class RawLine:
     src: bytes
     tgt: bytes
     where: str
-
-
-Pair = tuple[str, str]
 
 
 # ---------------------------------------------------------------------------- fetch
@@ -289,32 +286,46 @@ def build_splits(cfg: IngestConfig, workspace: Path, download_dir: Path) -> tupl
     return cleaned, stats
 
 
-def write_splits(splits: dict[str, list[Pair]], out_dir: Path) -> None:
-    """Write `{split}.src` / `{split}.tgt` atomically: all files or none replace the old ones."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    try:
-        for split, pairs in splits.items():
-            (tmp / f"{split}.src").write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
-            (tmp / f"{split}.tgt").write_text("".join(t + "\n" for _, t in pairs), encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def untracked_inputs(cfg: IngestConfig, workspace: Path) -> list[str]:
+    """Inputs whose change DVC would not notice, each with what to do about it.
 
-
-def read_prepared(out_dir: Path, split: str) -> list[Pair]:
-    src = (out_dir / f"{split}.src").read_text(encoding="utf-8").splitlines()
-    tgt = (out_dir / f"{split}.tgt").read_text(encoding="utf-8").splitlines()
-    if len(src) != len(tgt):
-        raise IngestError(f"{out_dir}/{split}.src has {len(src)} lines but {split}.tgt has {len(tgt)}")
-    return list(zip(src, tgt, strict=True))
+    DVC reruns `ingest` when its params or its deps change. A file under
+    RAW_DIR is covered by that folder being a dep; a file elsewhere, or a URL,
+    is covered only by a sha256 pin in params (its content cannot change
+    without the pin changing, or ingest failing on the mismatch).
+    """
+    if cfg.files is None or cfg.corpus != "files":
+        return []
+    raw = (workspace / RAW_DIR).resolve()
+    problems: list[str] = []
+    for split in SPLITS:
+        source: SplitSource | None = getattr(cfg.files, split)
+        for side in ("src", "tgt", "tsv"):
+            location: Location | None = getattr(source, side) if source is not None else None
+            if location is None or location.sha256 is not None:
+                continue
+            key = f"ingest.files.{split}.{side}"
+            if location.is_url:
+                problems.append(
+                    f"{key}: {location.path} is a URL without sha256; pin it (`sha256: ...`) so a changed download is caught"
+                )
+                continue
+            path = Path(location.path)
+            resolved = (path if path.is_absolute() else workspace / path).resolve()
+            if not resolved.is_relative_to(raw):
+                problems.append(
+                    f"{key}: {location.path} is outside {RAW_DIR}/ and has no sha256, so DVC would not notice when it "
+                    f"changes; move it into {RAW_DIR}/ (a dep of the ingest stage) or pin it (`sha256: ...`)"
+                )
+    return problems
 
 
 def run(cfg: IngestConfig, workspace: Path, out_dir: Path, stats_path: Path) -> dict[str, SplitStats]:
-    splits, stats = build_splits(cfg, workspace, workspace / ".cache" / "downloads")
-    write_splits(splits, out_dir)
+    problems = untracked_inputs(cfg, workspace)
+    if problems:
+        raise IngestError("inputs DVC cannot track:\n  " + "\n  ".join(problems))
+    splits, stats = build_splits(cfg, workspace, workspace / DOWNLOADS_DIR)
+    write_prepared(splits, out_dir)
     report = {"src_lang": cfg.src_lang, "tgt_lang": cfg.tgt_lang, **{k: v.to_dict() for k, v in stats.items()}}
     stats_path.parent.mkdir(parents=True, exist_ok=True)
     stats_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

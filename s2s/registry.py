@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import logging
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +24,36 @@ import mlflow
 import mlflow.pyfunc
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, DataType, Schema
 
-from s2s.config import EvaluateConfig, Params, RegistryConfig
+from s2s import layout
+from s2s.config import EvaluateConfig, RegistryConfig
 from s2s.promotion import Decision, decide
 
 log = logging.getLogger(__name__)
 
 LINEAGE_TAG = "s2s.lineage"
 PACKAGE_DIR = Path(__file__).resolve().parent
+# Artifact folders of a registered version's run.
+LINEAGE_DIR, REPORTS_DIR = "lineage", "reports"
+# Files that make a version reproducible: kept with its run, and what `s2s restore` puts back (not dvc.yaml:
+# it goes with the code, at the version's git commit). Metrics are small, cache-less outs that DVC keeps in git.
+RESTORED_FILES = (layout.LOCK_FILE, layout.PARAMS_FILE, layout.INGEST_STATS, layout.TRAIN_SUMMARY, layout.TRAIN_CURVE,
+                  layout.EVAL_METRICS)  # fmt: skip
+LINEAGE_FILES = (*RESTORED_FILES, "dvc.yaml")
+# MLflow's models-from-code: this file is stored with each version and run when it loads, so no pickled object is
+# kept; the s2s package travels with the version (code_paths).
+MODEL_CODE = '''"""The s2s translation model as MLflow loads it (models-from-code)."""
+
+import mlflow
+
+from s2s.registry import S2SPyfunc
+
+mlflow.models.set_model(S2SPyfunc())
+'''
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec(DataType.string)]), outputs=Schema([ColSpec(DataType.string)]))
+INPUT_EXAMPLE = ["We saw a big dog yesterday."]
 
 
 class S2SPyfunc(mlflow.pyfunc.PythonModel):
@@ -45,6 +68,7 @@ class S2SPyfunc(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: list[str], params: dict[str, Any] | None = None
     ) -> list[str]:
+        # MLflow reads these type hints: a one-column DataFrame or JSON list arrives here as list[str].
         return self.translator.translate([str(s) for s in model_input], self.decoding)
 
     def attention(self, sources: list[str]) -> list[dict[str, Any]]:
@@ -62,18 +86,19 @@ class S2SPyfunc(mlflow.pyfunc.PythonModel):
 
 @dataclass(frozen=True)
 class RunInputs:
-    """What one pipeline run produced, as files in the workspace."""
+    """What one pipeline run produced: files at the layout's paths in a workspace, and the params they were made with."""
 
     workspace: Path
-    params: Params
-    model_file: Path
-    tokenizer_dir: Path
-    train_curve: Path
-    train_summary: Path
-    eval_metrics: Path
-    hypotheses: Path
-    ingest_stats: Path
-    attention_dir: Path
+    registry: RegistryConfig
+    trained_with: dict[str, Any]  # the params each stage ran with, as dvc.lock recorded them (nested like params.yaml)
+
+    def file(self, path: str) -> Path:
+        return self.workspace / path
+
+    @property
+    def decoding(self) -> EvaluateConfig:
+        """How the evaluate stage decoded; the registered model decodes the same way."""
+        return EvaluateConfig.model_validate(self.trained_with.get("evaluate", {}))
 
 
 @dataclass(frozen=True)
@@ -92,14 +117,11 @@ def _requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in names]
 
 
-def lineage_key(dvc_lock: dict[str, Any], evaluate: EvaluateConfig) -> str:
-    """Hash of what the registered model is made of: tokenizer and model outputs, decoding settings."""
-    outs = {
-        stage: sorted((o["path"], o.get("md5", "")) for o in dvc_lock["stages"][stage].get("outs", []))
-        for stage in ("tokenizer", "train")
-    }
+def lineage_key(outs: dict[str, str], evaluate: EvaluateConfig) -> str:
+    """Hash of what the registered model is made of: tokenizer and model outputs (dvc.lock md5s), decoding settings."""
+    made_of = {path: outs.get(path, "") for path in (layout.TOKENIZER_DIR, layout.MODEL_DIR)}
     decoding = evaluate.model_dump(include={"beam_size", "max_len_a", "max_len_b", "length_penalty"})
-    blob = json.dumps({"outs": outs, "decoding": decoding}, sort_keys=True)
+    blob = json.dumps({"outs": made_of, "decoding": decoding}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -141,31 +163,31 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 
 def log_run(inputs: RunInputs, tags: dict[str, str]) -> None:
-    """Params, per-epoch curves, final metrics and report files into the active run."""
-    flat = _flatten("", inputs.params.model_dump(exclude={"registry", "promote", "remote"}))
+    """Params (as the stages ran with them), per-epoch curves, final metrics, reports and lineage files into the active run."""
+    flat = _flatten("", inputs.trained_with)
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
     mlflow.set_tags(tags)
-    with inputs.train_curve.open() as handle:
+    with inputs.file(layout.TRAIN_CURVE).open() as handle:
         for row in csv.DictReader(handle):
             epoch = int(row.pop("epoch"))
             mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if v != ""}, step=epoch)
-    summary = json.loads(inputs.train_summary.read_text())
-    metrics = json.loads(inputs.eval_metrics.read_text())
+    summary = json.loads(inputs.file(layout.TRAIN_SUMMARY).read_text())
+    metrics = json.loads(inputs.file(layout.EVAL_METRICS).read_text())
     numeric = {**{f"train/{k}": v for k, v in summary.items()}, **{f"test/{k}": v for k, v in metrics.items()}}
     mlflow.log_metrics({k: float(v) for k, v in numeric.items() if isinstance(v, int | float) and not isinstance(v, bool)})
     mlflow.set_tag("test.bleu_signature", metrics.get("bleu_signature", ""))
-    for path in (inputs.eval_metrics, inputs.hypotheses, inputs.train_curve, inputs.train_summary, inputs.ingest_stats):
-        mlflow.log_artifact(str(path), artifact_path="reports")
-    if inputs.attention_dir.is_dir():
-        mlflow.log_artifacts(str(inputs.attention_dir), artifact_path="attention")
-    for name in ("params.yaml", "dvc.lock"):
-        if (inputs.workspace / name).is_file():
-            mlflow.log_artifact(str(inputs.workspace / name), artifact_path="lineage")
+    for path in (layout.EVAL_METRICS, layout.HYPOTHESES, layout.TRAIN_CURVE, layout.TRAIN_SUMMARY, layout.INGEST_STATS):
+        mlflow.log_artifact(str(inputs.file(path)), artifact_path=REPORTS_DIR)
+    if inputs.file(layout.ATTENTION_DIR).is_dir():
+        mlflow.log_artifacts(str(inputs.file(layout.ATTENTION_DIR)), artifact_path="attention")
+    for path in LINEAGE_FILES:  # at their workspace paths, so that `s2s restore` can put them back
+        if inputs.file(path).is_file():
+            mlflow.log_artifact(str(inputs.file(path)), artifact_path="/".join([LINEAGE_DIR, *Path(path).parent.parts]))
 
 
 def register(inputs: RunInputs, key: str, tags: dict[str, str], description: str) -> Registered:
     """Log one run and register its model, unless this lineage key is registered already."""
-    cfg = inputs.params.registry
+    cfg = inputs.registry
     client, uri = connect(cfg, inputs.workspace)
     existing = find_version(client, cfg.model_name, key)
     if existing is not None:
@@ -177,14 +199,22 @@ def register(inputs: RunInputs, key: str, tags: dict[str, str], description: str
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     decoding = staging / "decoding.json"
-    decoding.write_text(json.dumps(inputs.params.evaluate.model_dump()))
+    decoding.write_text(json.dumps(inputs.decoding.model_dump()))
+    model_code = staging / "s2s_model.py"
+    model_code.write_text(MODEL_CODE)
     with mlflow.start_run(run_name=f"s2s-{key[:8]}") as run:
         log_run(inputs, {**tags, LINEAGE_TAG: key})
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=S2SPyfunc(),
-            artifacts={"model": str(inputs.model_file), "tokenizer": str(inputs.tokenizer_dir), "decoding": str(decoding)},
+            python_model=str(model_code),
+            artifacts={
+                "model": str(inputs.file(layout.MODEL_DIR) / layout.MODEL_FILE),
+                "tokenizer": str(inputs.file(layout.TOKENIZER_DIR)),
+                "decoding": str(decoding),
+            },
             code_paths=[str(PACKAGE_DIR)],
+            signature=SIGNATURE,
+            input_example=INPUT_EXAMPLE,  # MLflow checks at log time that the stored model loads and answers it
             # Given, not inferred: inference loads the model in a subprocess, which costs seconds.
             pip_requirements=_requirements(),
         )
@@ -222,7 +252,7 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
 
 def score_model(uri: str, sources: list[str], references: list[str], metric: str) -> float:
     """Load a registered model through MLflow (as it will be served) and score it with sacreBLEU."""
-    from s2s.evaluate import score
+    from s2s.scoring import score
 
     hypotheses = [str(h) for h in mlflow.pyfunc.load_model(uri).predict(sources)]
     return float(score(hypotheses, references, with_ter=False)[metric])
@@ -295,3 +325,36 @@ def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
     _set_tags(client, name, str(current.version), {DECISION_TAG: "rolled back", REASON_TAG: f"rollback to v{previous}"})
     _set_tags(client, name, previous, {DECISION_TAG: "restored by rollback", REASON_TAG: f"rollback from v{current.version}"})
     return str(current.version), previous
+
+
+# ------------------------------------------------------------------------------- restore
+
+
+def resolve_version(client: MlflowClient, name: str, ref: str) -> ModelVersion:
+    """A version by number (`3`) or alias (`champion`)."""
+    return client.get_model_version(name, ref) if ref.isdigit() else client.get_model_version_by_alias(name, ref)
+
+
+def download_lineage(client: MlflowClient, name: str, ref: str, workspace: Path) -> ModelVersion:
+    """Write a version's dvc.lock, params.yaml and metrics into `workspace`, at their own paths.
+
+    With that lock in place, `dvc pull` brings back exactly that version's
+    data, tokenizer and model files from the DVC remote.
+    """
+    version = resolve_version(client, name, ref)
+    staging = Path(tempfile.mkdtemp(prefix="s2s-restore-"))
+    try:
+        lineage = Path(client.download_artifacts(version.run_id, LINEAGE_DIR, str(staging)))
+        missing = [path for path in RESTORED_FILES if not (lineage / path).is_file()]
+        if missing:
+            raise mlflow.exceptions.MlflowException(
+                f"{name} v{version.version} (run {version.run_id}) has no {', '.join(missing)} in its lineage artifacts; "
+                "it was registered before s2s kept them"
+            )
+        for path in RESTORED_FILES:
+            (workspace / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(lineage / path, workspace / path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("restored the lineage files of %s v%s into %s", name, version.version, workspace)
+    return version

@@ -29,11 +29,11 @@ from s2s import checkpoint
 from s2s.batching import Batch, ParallelData
 from s2s.config import EvaluateConfig, ModelConfig, TrainConfig
 from s2s.errors import S2SError
-from s2s.evaluate import score
-from s2s.ingest import read_prepared
+from s2s.layout import MODEL_FILE, read_prepared
 from s2s.models import Seq2Seq, build_model
+from s2s.scoring import score
 from s2s.tokenizer import PAD, Tokenizers
-from s2s.translate import MODEL_FILE, Translator, resolve_device
+from s2s.translate import Translator, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -321,9 +321,7 @@ class Trainer:
             p.history.append(result)
             if result.valid_bleu >= p.best_bleu:
                 p.best_bleu = result.valid_bleu
-                checkpoint.save(
-                    out_dir / MODEL_FILE, self.model, self.model_cfg, {"epoch": epoch, "valid_bleu": result.valid_bleu}
-                )
+                self.save_checkpoint(out_dir, {"epoch": epoch, "valid_bleu": result.valid_bleu})
                 if self.best_path is not None:  # DVC clears out_dir before a re-run; a resumed run needs this copy
                     self.best_path.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(out_dir / MODEL_FILE, self.best_path)
@@ -336,6 +334,11 @@ class Trainer:
                 self.save_state()
         self.try_average(out_dir)
         return self.finish(summary_path)
+
+    def save_checkpoint(self, out_dir: Path, extra: dict[str, object]) -> None:
+        """The model with its config, and the training config that made it (the registry logs what trained)."""
+        extra = {**extra, "train_config": self.cfg.model_dump(mode="json")}
+        checkpoint.save(out_dir / MODEL_FILE, self.model, self.model_cfg, extra)
 
     def elapsed(self) -> float:
         """Seconds of training so far, across resumes."""
@@ -379,9 +382,7 @@ class Trainer:
         )
         if bleu > self.progress.best_bleu:
             self.progress.best_bleu = bleu
-            checkpoint.save(
-                out_dir / MODEL_FILE, self.model, self.model_cfg, {"averaged_epochs": len(self.recent), "valid_bleu": bleu}
-            )
+            self.save_checkpoint(out_dir, {"averaged_epochs": len(self.recent), "valid_bleu": bleu})
 
     def finish(self, summary_path: Path) -> dict[str, object]:
         history = self.progress.history

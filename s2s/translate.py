@@ -22,8 +22,6 @@ from s2s.tokenizer import Tokenizers
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
-
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_PARAMS, deep_merge, make_workspace, run
+
+from flows.workspace import GIT
+from s2s import checkpoint, layout
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +27,25 @@ def _versions(workspace: Path) -> list[dict[str, str]]:
         {"version": str(v.version), "run_id": v.run_id, **v.tags}
         for v in sorted(client.search_model_versions("name = 's2s-translator'"), key=lambda v: int(v.version))
     ]
+
+
+def commit_run(ws: Path, message: str) -> None:
+    """What a user does after a run: commit dvc.lock, the metrics and DVC's .gitignore entries."""
+    run([*GIT, "add", "-A"], ws)
+    run([*GIT, "commit", "-q", "-m", message], ws)
+
+
+def dvc_files(ws: Path, lock: dict, path: str) -> dict[str, str]:
+    """file -> md5 of one output, as dvc.lock (and the DVC cache's directory listing) say it should be."""
+    md5 = next(o["md5"] for s in lock["stages"].values() for o in s.get("outs", []) if o["path"] == path)
+    if not md5.endswith(".dir"):
+        return {path: md5}
+    listing = ws / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    return {f"{path}/{entry['relpath']}": entry["md5"] for entry in json.loads(listing.read_text())}
+
+
+def md5_files(ws: Path, paths: list[str]) -> dict[str, str]:
+    return {p: hashlib.md5((ws / p).read_bytes()).hexdigest() for p in paths}
 
 
 def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) -> None:
@@ -63,9 +86,19 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     assert "attention/sentence_01.png" in logged
     history = client.get_metric_history(versions[0]["run_id"], "epoch/valid_bleu")
     assert [m.step for m in history] == [1, 2]
-    # Data and artifacts reached the DVC remote.
-    remote = ws.parent / "ws-remote"
+    # What was logged is what trained: the run's params are the params the checkpoint was made with.
+    logged = client.get_run(versions[0]["run_id"]).data.params
+    payload = checkpoint.read(ws / layout.MODEL_DIR / layout.MODEL_FILE)
+    for section, config in (("train", payload["train_config"]), ("model", payload["model_config"])):
+        flat = {f"{section}.{k}": v for k, v in config.items() if not isinstance(v, dict)}
+        flat |= {f"{section}.{k}.{kk}": vv for k, v in config.items() if isinstance(v, dict) for kk, vv in v.items()}
+        assert {k: logged[k] for k in flat} == {k: str(v) for k, v in flat.items()}
+    assert logged["train.epochs"] == "2" and "registry.tracking_uri" not in logged
+    # Data and artifacts reached the default DVC remote, the folder beside the workspace (.dvc/config).
+    remote = ws.parent / "s2s-dvc-remote"
     assert any(p.is_file() for p in remote.rglob("*"))
+    commit_run(ws, "v1")
+    v1_lock = yaml.safe_load((ws / layout.LOCK_FILE).read_text())
 
     # DVC alone, without Prefect, reproduces the same evaluation in a second workspace.
     alone = make_workspace(tmp_path / "alone", TINY_PARAMS)
@@ -93,6 +126,27 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     assert third["gate"]["decision"] in ("promoted", "rejected")
     assert versions[1]["s2s.gate.champion_version"] == "1"
     assert versions[1]["s2s.gate.reason"].startswith("bleu ")
+    commit_run(ws, "v2")
+
+    # A fresh clone beside it pulls from the committed default remote: DVC finds nothing to do.
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(ws), str(clone)], tmp_path)
+    run([sys.executable, "-m", "dvc", "pull"], clone)
+    from flows.pipeline import stale_stages
+
+    assert stale_stages(clone, *layout.STAGE_NAMES) == set()
+    assert "Running stage" not in run([sys.executable, "-m", "dvc", "repro"], clone).stdout
+    # `s2s restore 1` there brings version 1's files back, byte for byte what its dvc.lock names.
+    from flows.cli import main as cli
+
+    v1_files = {p: h for out in v1_lock["stages"]["train"]["outs"] for p, h in dvc_files(ws, v1_lock, out["path"]).items()}
+    v1_files |= dvc_files(ws, v1_lock, layout.PREPARED_DIR) | dvc_files(ws, v1_lock, layout.TOKENIZER_DIR)
+    assert md5_files(clone, list(v1_files)) != v1_files  # the clone holds version 2's model
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    assert cli(["restore", "1", "--workspace", str(clone), "--tracking-uri", uri]) == 0
+    assert md5_files(clone, list(v1_files)) == v1_files
+    assert yaml.safe_load((clone / layout.LOCK_FILE).read_text()) == v1_lock
+    assert stale_stages(clone, *layout.STAGE_NAMES) == set()
 
     # The registered model loads in a fresh process, from its URI alone, and translates.
     script = (

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow import MlflowClient
 
-from s2s import checkpoint, tokenizer
-from s2s.config import ModelConfig, RNNConfig, TokenizerConfig, parse_params
-from s2s.corpus import generate_pairs
-from s2s.models import build_model
 from s2s.promotion import decide
 from s2s.registry import (
     CHAMPION,
     DECISION_TAG,
     PREVIOUS_TAG,
     REASON_TAG,
-    RunInputs,
     get_alias,
     promote,
-    register,
     rollback,
     run_gate,
 )
@@ -100,45 +92,3 @@ def test_failed_gate_and_manual_promotion(client: MlflowClient) -> None:
     assert champion(client) == "2"
     assert tags(client, "2")[DECISION_TAG] == "promoted by hand" and tags(client, "2")[REASON_TAG] == "hotfix"
     assert rollback(client, NAME) == ("2", "1")
-
-
-def _run_inputs(tmp_path: Path) -> RunInputs:
-    pairs = generate_pairs(400, 1)
-    tok_dir = tmp_path / "tok"
-    tokenizer.train(TokenizerConfig(model_type="bpe", vocab_size=150), [s for s, _ in pairs], [t for _, t in pairs], tok_dir)
-    cfg = ModelConfig(rnn=RNNConfig(emb_dim=8, hidden=8))
-    torch.manual_seed(0)
-    model_file = tmp_path / "model" / "model.pt"
-    checkpoint.save(model_file, build_model(cfg, 150, 150), cfg)
-    reports = tmp_path / "reports"
-    reports.mkdir()
-    (reports / "curve.csv").write_text("epoch,train_loss,valid_loss\n1,2.0,1.5\n")
-    (reports / "train.json").write_text(json.dumps({"epochs": 1}))
-    (reports / "eval.json").write_text(json.dumps({"bleu": 1.0, "chrf": 2.0, "bleu_signature": "sig"}))
-    (reports / "hyps.tsv").write_text("source\treference\thypothesis\n")
-    (reports / "ingest.json").write_text("{}")
-    params = parse_params({"registry": {"tracking_uri": "sqlite:///mlflow.db", "model_name": "retry-test"}})
-    return RunInputs(tmp_path, params, model_file, tok_dir, reports / "curve.csv", reports / "train.json",
-                     reports / "eval.json", reports / "hyps.tsv", reports / "ingest.json", reports / "attention")  # fmt: skip
-
-
-def test_registration_retry_after_a_crash_creates_no_duplicate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    inputs = _run_inputs(tmp_path)
-    original = MlflowClient.create_model_version
-    calls = {"n": 0}
-
-    def crash_once(self: MlflowClient, *args: object, **kwargs: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise ConnectionError("tracking server went away")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, "create_model_version", crash_once)
-    with pytest.raises(ConnectionError):
-        register(inputs, "lineage-1", {}, "test")
-    first = register(inputs, "lineage-1", {}, "test")  # the retry
-    again = register(inputs, "lineage-1", {}, "test")  # a retry after success
-    assert (first.version, first.created) == ("1", True)
-    assert (again.version, again.created) == ("1", False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert [str(v.version) for v in MlflowClient(uri, uri).search_model_versions("name = 'retry-test'")] == ["1"]

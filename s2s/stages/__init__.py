@@ -1,7 +1,8 @@
-"""DVC stage entry points: each reads its own params section and calls the library.
+"""DVC stage entry points: each reads its own params and calls the library.
 
-Paths come from the command line (they live in `dvc.yaml`); hyperparameters
-come from `params.yaml`. Expected failures print one clear line, not a trace.
+The options and their default paths come from `s2s.layout` (dvc.yaml passes
+the same paths explicitly, so DVC shows them); hyperparameters come from
+`params.yaml`. Expected failures print one clear line, not a trace.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from s2s.config import Params, load_params
 from s2s.errors import S2SError
+from s2s.layout import PARAMS_FILE, stage
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -21,13 +24,12 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
 
 
-def stage_main(
-    name: str, add_args: Callable[[argparse.ArgumentParser], None], body: Callable[[argparse.Namespace, Params], None]
-) -> None:
-    """Parse paths, load params, run `body`; exit 1 with the error's own message on expected failures."""
-    parser = argparse.ArgumentParser(prog=f"s2s stage {name}")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    add_args(parser)
+def stage_main(name: str, body: Callable[[argparse.Namespace, Params], None]) -> None:
+    """Parse the stage's paths, load params, run `body`; exit 1 with the error's own message on expected failures."""
+    parser = argparse.ArgumentParser(prog=f"python -m {stage(name).module}")
+    parser.add_argument("--params", default=PARAMS_FILE, help=f"params file (default: {PARAMS_FILE})")
+    for flag, path in stage(name).args.items():
+        parser.add_argument(flag, type=Path, default=Path(path), help=f"default: {path}")
     args = parser.parse_args()
     setup_logging()
     try:

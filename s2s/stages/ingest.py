@@ -10,17 +10,12 @@ from s2s.config import Params
 from s2s.stages import stage_main
 
 
-def _args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="folder for {train,valid,test}.{src,tgt}")
-    parser.add_argument("--stats", type=Path, required=True, help="JSON file of kept/dropped counts")
-
-
 def _run(args: argparse.Namespace, params: Params) -> None:
     ingest.run(params.ingest, Path.cwd(), args.out, args.stats)
 
 
 def main() -> None:
-    stage_main("ingest", _args, _run)
+    stage_main("ingest", _run)
 
 
 if __name__ == "__main__":

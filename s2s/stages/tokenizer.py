@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from s2s import tokenizer
 from s2s.config import Params
-from s2s.ingest import read_prepared
+from s2s.layout import read_prepared
 from s2s.stages import stage_main
-
-
-def _args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="prepared splits folder")
-    parser.add_argument("--out", type=Path, required=True, help="tokenizer folder")
 
 
 def _run(args: argparse.Namespace, params: Params) -> None:
@@ -22,7 +16,7 @@ def _run(args: argparse.Namespace, params: Params) -> None:
 
 
 def main() -> None:
-    stage_main("tokenizer", _args, _run)
+    stage_main("tokenizer", _run)
 
 
 if __name__ == "__main__":

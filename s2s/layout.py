@@ -1,0 +1,204 @@
+"""The pipeline's layout, written once: stage names, the params each reads, every path and the prepared-data format.
+
+`dvc.yaml` spells the same stages out for DVC; `tests/test_layout.py` holds it
+to this module (names, commands, params, outs, metrics, plots) and to the
+import graph (each stage's code deps). The stage entry points, the Prefect
+flow, the registry's run inputs, the CLI and the benchmarks take their paths
+from here, so a path is changed in one place and a test catches the other.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s2s.config import EvaluateConfig
+from s2s.errors import S2SError
+
+PARAMS_FILE = "params.yaml"
+LOCK_FILE = "dvc.lock"
+
+# Own parallel text lives here: a dep of `ingest`, each file versioned with `dvc add` (README: "Your own data").
+RAW_DIR = "data/raw"
+PREPARED_DIR = "data/prepared"
+INGEST_STATS = "metrics/ingest.json"
+TOKENIZER_DIR = "artifacts/tokenizer"
+MODEL_DIR = "artifacts/model"
+MODEL_FILE = "model.pt"  # the checkpoint inside MODEL_DIR
+TRAIN_CURVE = "metrics/train_curve.csv"
+TRAIN_SUMMARY = "metrics/train.json"
+EVAL_METRICS = "metrics/eval.json"
+HYPOTHESES = "reports/hypotheses.tsv"
+ATTENTION_DIR = "reports/attention"
+# Outside every DVC output: DVC deletes a stage's outputs before it runs, and these must survive that.
+RESUME_DIR = ".cache/train-resume"
+DOWNLOADS_DIR = ".cache/downloads"
+
+SPLITS = ("train", "valid", "test")
+SIDES = ("src", "tgt")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One DVC stage as s2s defines it; `dvc.yaml` must say the same."""
+
+    name: str
+    args: dict[str, str]  # command-line option -> path, as in the stage's `cmd`
+    inputs: tuple[str, ...]  # deps that are data (other stages' outputs, raw data); code deps come from the import graph
+    params: tuple[str, ...]  # params.yaml sections or dotted keys the stage reads
+    outs: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+
+    @property
+    def module(self) -> str:
+        """The entry point: `python -m <module>`."""
+        return f"s2s.stages.{self.name}"
+
+    @property
+    def cmd(self) -> str:
+        return " ".join(["python -m", self.module, *(f"{flag} {path}" for flag, path in self.args.items())])
+
+    def path(self, flag: str) -> str:
+        return self.args[flag]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "ingest",
+        args={"--out": PREPARED_DIR, "--stats": INGEST_STATS},
+        inputs=(RAW_DIR,),
+        params=("ingest",),
+        outs=(PREPARED_DIR,),
+        metrics=(INGEST_STATS,),
+    ),
+    Stage(
+        "tokenizer",
+        args={"--data": PREPARED_DIR, "--out": TOKENIZER_DIR},
+        inputs=(PREPARED_DIR,),
+        params=("tokenizer",),
+        outs=(TOKENIZER_DIR,),
+    ),
+    Stage(
+        "train",
+        args={
+            "--data": PREPARED_DIR,
+            "--tokenizer": TOKENIZER_DIR,
+            "--out": MODEL_DIR,
+            "--curve": TRAIN_CURVE,
+            "--summary": TRAIN_SUMMARY,
+            "--resume-dir": RESUME_DIR,
+        },
+        inputs=(PREPARED_DIR, TOKENIZER_DIR),
+        # Validation decodes greedily with these evaluate keys; the rest of `evaluate` does not touch training.
+        params=("model", "train", *(f"evaluate.{key}" for key in EvaluateConfig.VALIDATION_KEYS)),
+        outs=(MODEL_DIR,),
+        metrics=(TRAIN_SUMMARY,),
+        plots=(TRAIN_CURVE,),
+    ),
+    Stage(
+        "evaluate",
+        args={
+            "--data": PREPARED_DIR,
+            "--tokenizer": TOKENIZER_DIR,
+            "--model": MODEL_DIR,
+            "--metrics": EVAL_METRICS,
+            "--hypotheses": HYPOTHESES,
+            "--attention": ATTENTION_DIR,
+        },
+        inputs=(PREPARED_DIR, TOKENIZER_DIR, MODEL_DIR),
+        params=("evaluate", "train.device"),
+        outs=(HYPOTHESES, ATTENTION_DIR),
+        metrics=(EVAL_METRICS,),
+    ),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+# What the registered model is made of: the outputs whose hashes make its lineage.
+LINEAGE_OUTS: dict[str, str] = {"ingest": PREPARED_DIR, "tokenizer": TOKENIZER_DIR, "train": MODEL_DIR}
+
+
+def stage(name: str) -> Stage:
+    for candidate in STAGES:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f"no stage {name!r}; the stages are {', '.join(STAGE_NAMES)}")
+
+
+# ------------------------------------------------------------------------ prepared data
+
+
+class PreparedDataError(S2SError, RuntimeError):
+    """Prepared splits that are missing or misaligned."""
+
+
+Pair = tuple[str, str]
+
+
+def prepared_file(directory: Path, split: str, side: str) -> Path:
+    """`{split}.src` / `{split}.tgt`: one sentence per line, UTF-8, line-aligned."""
+    return directory / f"{split}.{side}"
+
+
+def write_prepared(splits: dict[str, list[Pair]], out_dir: Path) -> None:
+    """Write every split atomically: all files or none replace the old ones."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        for split, pairs in splits.items():
+            for index, side in enumerate(SIDES):
+                prepared_file(tmp, split, side).write_text("".join(p[index] + "\n" for p in pairs), encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_prepared(directory: Path, split: str) -> list[Pair]:
+    src_path, tgt_path = (prepared_file(directory, split, side) for side in SIDES)
+    try:
+        src = src_path.read_text(encoding="utf-8").splitlines()
+        tgt = tgt_path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as err:
+        raise PreparedDataError(f"{err.filename}: prepared split not found; run the ingest stage first") from None
+    if len(src) != len(tgt):
+        raise PreparedDataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
+    return list(zip(src, tgt, strict=True))
+
+
+# ----------------------------------------------------------------------------- dvc.lock
+
+
+@dataclass(frozen=True)
+class LockView:
+    """What `dvc.lock` recorded: the params each stage ran with and the hashes of its outputs."""
+
+    params: dict[str, Any] = field(default_factory=dict)  # merged over stages, nested like params.yaml
+    outs: dict[str, str] = field(default_factory=dict)  # output path -> md5
+
+    @classmethod
+    def from_lock(cls, lock: dict[str, Any]) -> LockView:
+        params: dict[str, Any] = {}
+        outs: dict[str, str] = {}
+        for entry in (lock or {}).get("stages", {}).values():
+            for values in entry.get("params", {}).values():
+                for key, value in values.items():
+                    _set_dotted(params, key, value)
+            for out in entry.get("outs", []):
+                outs[out["path"]] = out.get("md5", "")
+        return cls(params, outs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """`train.device: cpu` and `train: {...}` both land in tree['train']."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    if isinstance(value, dict) and isinstance(tree.get(leaf), dict):
+        for sub, sub_value in value.items():
+            _set_dotted(tree[leaf], sub, sub_value)
+    else:
+        tree[leaf] = value

@@ -1,0 +1,171 @@
+"""`dvc.yaml` says what `s2s.layout` says, and each stage's deps cover the code it runs (from the import graph)."""
+
+from __future__ import annotations
+
+import ast
+import shlex
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from s2s import layout
+from s2s.config import Params
+
+REPO = Path(__file__).resolve().parent.parent
+OWN_PACKAGES = ("s2s", "flows")
+
+
+def module_file(name: str) -> Path | None:
+    """The file that importing `name` executes, if it is one of ours."""
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _package_chain(name: str) -> list[str]:
+    """`a.b.c` runs `a`, `a.b` and `a.b.c` (each package's __init__ first)."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _imported_names(path: Path, module: str) -> set[str]:
+    """Every module an import statement anywhere in the file may load (lazy imports inside functions too)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names.add(target)
+            names.update(f"{target}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
+    return {n for n in names if n.split(".")[0] in OWN_PACKAGES}
+
+
+@cache
+def closure(entry: str) -> frozenset[str]:
+    """Repository-relative files of our modules that `python -m entry` imports, directly or not."""
+    seen: set[str] = set()
+    todo = _package_chain(entry)
+    while todo:
+        name = todo.pop()
+        path = module_file(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        for imported in _imported_names(path, name):
+            todo.extend(_package_chain(imported))
+    return frozenset(module_file(n).relative_to(REPO).as_posix() for n in seen)  # type: ignore[union-attr]
+
+
+def dvc_yaml() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def expand(deps: list[str]) -> tuple[set[str], set[str]]:
+    """(code files, data paths) of a stage's deps; a code folder stands for its .py files."""
+    code: set[str] = set()
+    data: set[str] = set()
+    for dep in deps:
+        path = REPO / dep
+        if dep.split("/")[0] in OWN_PACKAGES:
+            files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+            code.update(f.relative_to(REPO).as_posix() for f in files)
+        else:
+            data.add(dep)
+    return code, data
+
+
+def _paths(entries: list[Any]) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+
+def test_dvc_yaml_has_the_layouts_stages_in_order() -> None:
+    assert list(dvc_yaml()["stages"]) == list(layout.STAGE_NAMES)
+
+
+@pytest.mark.parametrize("stage", layout.STAGES, ids=lambda s: s.name)
+def test_dvc_yaml_stage_matches_the_layout(stage: layout.Stage) -> None:
+    spec = dvc_yaml()["stages"][stage.name]
+    assert shlex.split(spec["cmd"]) == shlex.split(stage.cmd)
+    assert spec.get("params", []) == list(stage.params)
+    assert _paths(spec.get("outs", [])) == list(stage.outs)
+    assert _paths(spec.get("metrics", [])) == list(stage.metrics)
+    assert _paths(spec.get("plots", [])) == list(stage.plots)
+    # Metrics and plots are small files kept in git next to dvc.lock, not in the DVC cache.
+    for entry in spec.get("metrics", []) + spec.get("plots", []):
+        assert isinstance(entry, dict) and next(iter(entry.values())) == {"cache": False}, entry
+
+
+@pytest.mark.parametrize("stage", layout.STAGES, ids=lambda s: s.name)
+def test_stage_deps_cover_exactly_the_code_it_imports(stage: layout.Stage) -> None:
+    code, data = expand(dvc_yaml()["stages"][stage.name]["deps"])
+    imported = closure(stage.module)
+    missing, extra = sorted(imported - code), sorted(code - imported)
+    assert not missing, f"dvc.yaml stage {stage.name!r} runs these modules but does not list them as deps: {missing}"
+    # An extra dep reruns the stage for code it never runs (hours of training for an unrelated edit).
+    assert not extra, f"dvc.yaml stage {stage.name!r} lists deps it never imports: {extra}"
+    assert data == set(stage.inputs)
+
+
+def test_the_import_graph_walker_sees_lazy_and_package_imports() -> None:
+    """The check above is only as good as the walker: spot-check what it must find."""
+    train = closure("s2s.stages.train")
+    assert {"s2s/__init__.py", "s2s/stages/__init__.py", "s2s/models/__init__.py", "s2s/models/transformer.py"} <= train
+    assert "s2s/plots.py" in closure("s2s.stages.evaluate")  # imported inside a function
+    assert "s2s/registry.py" not in train and not any(f.startswith("flows/") for f in train)
+
+
+def test_params_yaml_defaults_are_the_configs() -> None:
+    """One source of defaults: the typed config. params.yaml spells every one of them out, unchanged."""
+    written = yaml.safe_load((REPO / layout.PARAMS_FILE).read_text())
+    assert written == Params().model_dump(mode="json")
+
+
+def test_every_declared_param_exists() -> None:
+    defaults = Params().model_dump()
+    for stage in layout.STAGES:
+        for key in stage.params:
+            node: Any = defaults
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"stage {stage.name}: no param {key!r}"
+                node = node[part]
+
+
+def test_lock_view_merges_stage_params_and_outs() -> None:
+    train = {
+        "params": {"params.yaml": {"train": {"epochs": 2, "device": "cpu"}, "evaluate.max_len_b": 7}},
+        "outs": [{"path": "artifacts/model", "md5": "abc.dir"}],
+    }
+    evaluate = {"params": {"params.yaml": {"train.device": "cpu", "evaluate": {"beam_size": 5}}}}
+    lock = {"stages": {"train": train, "evaluate": evaluate}}
+    view = layout.LockView.from_lock(lock)
+    assert view.params == {"train": {"epochs": 2, "device": "cpu"}, "evaluate": {"max_len_b": 7, "beam_size": 5}}
+    assert view.outs == {"artifacts/model": "abc.dir"}
+
+
+def test_prepared_data_round_trip_and_errors(tmp_path: Path) -> None:
+    splits = {"train": [("a b", "c d"), ("e", "f")], "valid": [("g", "h")], "test": [("i", "j")]}
+    layout.write_prepared(splits, tmp_path / "prepared")
+    assert sorted(p.name for p in (tmp_path / "prepared").iterdir()) == sorted(f"{s}.{x}" for s in splits for x in layout.SIDES)
+    assert layout.read_prepared(tmp_path / "prepared", "train") == splits["train"]
+    (tmp_path / "prepared" / "test.tgt").write_text("j\nextra\n")
+    with pytest.raises(layout.PreparedDataError, match=r"test\.src has 1 lines but .*test\.tgt has 2"):
+        layout.read_prepared(tmp_path / "prepared", "test")
+    with pytest.raises(layout.PreparedDataError, match=r"nowhere/valid\.src: prepared split not found; run the ingest stage"):
+        layout.read_prepared(tmp_path / "nowhere", "valid")
+
+
+def test_dvc_yaml_plots_read_the_train_curve() -> None:
+    for plot in dvc_yaml()["plots"]:
+        (spec,) = plot.values()
+        assert set(spec["y"]) == {layout.TRAIN_CURVE}
