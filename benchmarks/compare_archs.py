@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from flows.workspace import deep_merge, make_workspace, write_params  # noqa: E402
+from s2s.layout import EVAL_METRICS, PARAMS_FILE, TRAIN_SUMMARY  # noqa: E402
 
 TRANSFORMER = {
     "model": {
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/s2s-archs"), help="workspace folder (created)")
     parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="variants to run (default: all)")
     args = parser.parse_args()
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base = yaml.safe_load((REPO / PARAMS_FILE).read_text())
     workspace = args.out / "ws"
     if not workspace.exists():
         make_workspace(workspace, base)
@@ -59,7 +60,7 @@ def main() -> None:
     if results_path.is_file():
         results = json.loads(results_path.read_text())
     for name in args.only or list(VARIANTS):
-        params = yaml.safe_load((workspace / "params.yaml").read_text())
+        params = yaml.safe_load((workspace / PARAMS_FILE).read_text())
         write_params(
             workspace,
             deep_merge(deep_merge(base, {k: v for k, v in params.items() if k in ("registry", "remote")}), VARIANTS[name]),
@@ -76,8 +77,8 @@ def main() -> None:
         if code != 0:
             print(f"{name}: failed, see {log}", file=sys.stderr)
             continue
-        metrics = json.loads((workspace / "metrics/eval.json").read_text())
-        train = json.loads((workspace / "metrics/train.json").read_text())
+        metrics = json.loads((workspace / EVAL_METRICS).read_text())
+        train = json.loads((workspace / TRAIN_SUMMARY).read_text())
         results[name] = {
             "bleu": metrics["bleu"],
             "chrf": metrics["chrf"],

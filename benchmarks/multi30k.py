@@ -37,11 +37,11 @@ sys.path.insert(0, str(REPO))
 
 from flows.workspace import deep_merge, make_workspace  # noqa: E402
 from s2s.config import EvaluateConfig  # noqa: E402
-from s2s.evaluate import score  # noqa: E402
-from s2s.ingest import read_prepared  # noqa: E402
+from s2s.layout import MODEL_DIR, MODEL_FILE, PREPARED_DIR, TOKENIZER_DIR, TRAIN_CURVE, TRAIN_SUMMARY, read_prepared  # noqa: E402
+from s2s.scoring import score  # noqa: E402
 from s2s.tokenizer import PAD  # noqa: E402
 from s2s.train import batch_loss, encode_split  # noqa: E402
-from s2s.translate import MODEL_FILE, Translator  # noqa: E402
+from s2s.translate import Translator  # noqa: E402
 
 TRANSFORMER = {
     "arch": "transformer",
@@ -120,7 +120,7 @@ def train_flops_per_token(translator: Translator, ws: Path, batch_tokens: int, l
     PyTorch's FlopCounterMode adds up the matmuls and attention of the forward and backward passes: the
     work a dense matmul peak can be compared with. Elementwise ops, softmax and the optimizer are not counted.
     """
-    data, _, _ = encode_split(translator.tok, ws / "data/prepared", "train", 128)
+    data, _, _ = encode_split(translator.tok, ws / PREPARED_DIR, "train", 128)
     batches = data.batches(batch_tokens, shuffle=True, seed=0)[:8]
     criterion = nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=label_smoothing)
     model = translator.model
@@ -184,14 +184,14 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=env, check=True)
     pipeline_seconds = time.perf_counter() - start
 
-    train = json.loads((ws / "metrics/train.json").read_text())
-    with (ws / "metrics/train_curve.csv").open() as handle:
+    train = json.loads((ws / TRAIN_SUMMARY).read_text())
+    with (ws / TRAIN_CURVE).open() as handle:
         curve = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
     device = torch.device(train["device"])
     if args.threads:
         torch.set_num_threads(args.threads)
-    translator = Translator.load(ws / "artifacts/model" / MODEL_FILE, ws / "artifacts/tokenizer", train["device"])
-    pairs = read_prepared(ws / "data/prepared", "test")
+    translator = Translator.load(ws / MODEL_DIR / MODEL_FILE, ws / TOKENIZER_DIR, train["device"])
+    pairs = read_prepared(ws / PREPARED_DIR, "test")
     pairs = pairs[: args.limit] if args.limit else pairs
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
     greedy = decode(translator, sources, refs, beam=1, batch=128)

@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     result = state.result()
     reg, metrics = result["registered"], result["metrics"]
-    uri = reg["tracking_uri"]
+    uri = reg["tracking_uri"].replace(f"sqlite:///{workspace}/", "sqlite:///")  # as params.yaml says it: relative
     status = "new version" if reg["created"] else "unchanged, not registered again"
     stages = ", ".join(f"{name} {'ran' if ran else 'skipped'}" for name, ran in result["stages_ran"].items())
     print(

@@ -125,6 +125,8 @@ def track_raw_data(workspace: Path) -> list[str]:
     push carries exactly the raw data this run trains on and a clone can `dvc pull` it. `dvc repro` does the
     same for files added before; running single stages, the flow must do it itself."""
     raw = workspace / layout.RAW_DIR
+    if not raw.is_dir():  # DVC itself then stops at the ingest stage's missing dep, naming it
+        return []
     files = [p for p in sorted(raw.iterdir()) if p.is_file() and not p.name.startswith(".") and p.suffix != ".dvc"]
     files = [p for p in files if not _git(workspace, "ls-files", str(p.relative_to(workspace)))]
     if files:

@@ -41,3 +41,23 @@ def test_bad_params_file_is_reported_by_key(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"registry": {"tracking_url": "x"}}))
     assert main(["rollback", "--workspace", str(tmp_path)]) == 1
     assert "registry.tracking_url: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["run"], ["schedule", "--cron", "0 3 * * *"]])
+def test_params_option_is_refused_with_the_reason(command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"train": {"epochs": 9}}))
+    assert main([*command, "--workspace", str(tmp_path), "--params", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "--params is no longer accepted: the DVC stages always read params.yaml" in err
+    assert "use --preset NAME|FILE" in err
+    assert not (tmp_path / "params.yaml").exists()  # nothing was written or run
+
+
+def test_preset_from_a_file_is_validated_before_it_replaces_params(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 3\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"train": {"epochz": 9}}))
+    assert main(["run", "--workspace", str(tmp_path), "--preset", str(bad)]) == 1
+    assert "train.epochz: unknown key" in capsys.readouterr().err
+    assert (tmp_path / "params.yaml").read_text() == "train:\n  epochs: 3\n"

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from s2s.config import CleanConfig, IngestConfig, parse_params
-from s2s.ingest import IngestError, build_splits, read_prepared, run
+from s2s.ingest import IngestError, build_splits, run
+from s2s.layout import read_prepared
 
 
 def files_config(train: dict, valid: dict | None = None, test: dict | None = None, **extra: object) -> IngestConfig:
@@ -168,3 +169,19 @@ def test_empty_corpus_is_an_error(tmp_path: Path) -> None:
     train = write_pair(tmp_path, "train", [], [])
     with pytest.raises(IngestError, match=r"cannot hold out 1000 test pairs: train has only 0 after cleaning"):
         build_splits(files_config(train), tmp_path, tmp_path / "dl")
+
+
+def test_inputs_dvc_cannot_see_change_are_refused_by_key(tmp_path: Path) -> None:
+    outside = write_pair(tmp_path, "train", good(30), good(30))
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    inside = write_pair(tmp_path / "data" / "raw", "own", good(30), good(30))
+    url = {"tsv": "https://example.invalid/corpus.tsv"}
+    pinned = {"path": outside["src"], "sha256": hashlib.sha256((tmp_path / "train.en").read_bytes()).hexdigest()}
+    cfg = files_config({"src": pinned, "tgt": outside["tgt"]}, valid=inside, test=url)
+    with pytest.raises(IngestError) as err:
+        run(cfg, tmp_path, tmp_path / "prepared", tmp_path / "stats.json")
+    message = str(err.value)
+    assert "ingest.files.train.tgt: " + outside["tgt"] + " is outside data/raw/ and has no sha256" in message
+    assert "ingest.files.test.tsv: https://example.invalid/corpus.tsv is a URL without sha256" in message
+    assert "ingest.files.train.src" not in message and "ingest.files.valid" not in message  # pinned / under data/raw
+    assert not (tmp_path / "prepared").exists()  # refused before anything was read or written

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import shlex
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,62 @@ def test_dvc_yaml_plots_read_the_train_curve() -> None:
     for plot in dvc_yaml()["plots"]:
         (spec,) = plot.values()
         assert set(spec["y"]) == {layout.TRAIN_CURVE}
+
+
+@pytest.fixture(scope="module")
+def locked_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace whose dvc.lock records placeholder outputs: `dvc commit` hashes deps and outs without running
+    anything, which is all a test of the deps needs."""
+    from flows.workspace import make_workspace, run
+
+    ws = make_workspace(tmp_path_factory.mktemp("layout") / "ws", {})
+    for stage in layout.STAGES:
+        for out in (*stage.outs, *stage.metrics, *stage.plots):
+            path = ws / out if Path(out).suffix else ws / out / "placeholder"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{out}\n")
+    run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], ws)
+    return ws
+
+
+@pytest.mark.parametrize("stage", layout.STAGES, ids=lambda s: s.name)
+def test_whitespace_change_to_an_imported_module_makes_dvc_rerun_that_stage_and_what_follows(
+    locked_workspace: Path, stage: layout.Stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import networkx as nx
+    from dvc.repo import Repo
+
+    monkeypatch.chdir(locked_workspace)  # DVC's Python API works relative to the current directory
+    with Repo(str(locked_workspace)) as repo:
+        assert repo.status() == {}
+    order = list(layout.STAGE_NAMES)
+    for module in sorted(closure(stage.module)):
+        path = locked_workspace / module
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        try:
+            with Repo(str(locked_workspace)) as repo:
+                changed = set(repo.status())
+                first = min(changed, key=order.index, default=None)
+                # DVC's DAG: what `dvc repro` re-checks after `first` (edges point from a stage to what it needs).
+                nodes = {s.addressing: s for s in repo.index.graph.nodes}
+                follows = {s.addressing for s in nx.ancestors(repo.index.graph, nodes[first])} if first else set()
+        finally:
+            path.write_bytes(original)
+        importers = {s.name for s in layout.STAGES if module in closure(s.module)}
+        # Exactly the stages that run this module see the change (so nothing before the first of them) ...
+        assert changed == importers, f"{module}: dvc status reports {sorted(changed)}, expected {sorted(importers)}"
+        assert stage.name in changed
+        # ... and every stage after it depends on it, so a changed output reruns them in turn.
+        assert follows == set(order[order.index(first) + 1 :]), module
+
+
+def test_run_outputs_are_not_committed_here() -> None:
+    """dvc.lock and the metrics describe a run of a workspace, not this code: this repository commits none (README,
+    "Lineage you can trust"); a project built on it commits its own after each run."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", layout.LOCK_FILE, "metrics"], cwd=REPO, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert tracked.stdout.split() == []

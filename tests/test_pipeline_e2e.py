@@ -245,3 +245,32 @@ def test_unreachable_registry_fails_clearly_and_the_next_run_registers_without_t
     result = pipeline(workspace=str(ws))
     assert not any(result["stages_ran"].values())
     assert result["registered"]["created"] is True and result["registered"]["version"] == "1"
+
+
+def test_editing_one_line_of_own_raw_data_reruns_ingest_and_everything_after(tmp_path: Path, prefect_home: None) -> None:
+    from flows.pipeline import pipeline
+    from s2s.corpus import generate_pairs
+
+    raw = {"src": f"{layout.RAW_DIR}/train.en", "tgt": f"{layout.RAW_DIR}/train.de"}
+    own = {"corpus": "files", "files": {"train": raw}, "holdout": {"valid": 50, "test": 50}}
+    ws = make_workspace(tmp_path / "ws", deep_merge(TINY_PARAMS, {"ingest": own, "train": {"epochs": 1}}))
+    pairs = generate_pairs(700, 5)
+    (ws / raw["src"]).write_text("".join(s + "\n" for s, _ in pairs))
+    (ws / raw["tgt"]).write_text("".join(t + "\n" for _, t in pairs))
+
+    first = pipeline(workspace=str(ws))
+    assert all(first["stages_ran"].values())
+    # The flow versioned the raw files with DVC (pushed with the rest), and git ignores the data itself.
+    assert (ws / f"{raw['tgt']}.dvc").is_file()
+    assert run(["git", "check-ignore", raw["tgt"]], ws).stdout.strip() == raw["tgt"]
+    assert not any(pipeline(workspace=str(ws))["stages_ran"].values())
+
+    lines = (ws / raw["tgt"]).read_text().splitlines()
+    lines[10] = lines[10].replace(".", " heute.")
+    (ws / raw["tgt"]).write_text("".join(line + "\n" for line in lines))
+    third = pipeline(workspace=str(ws))
+    assert third["stages_ran"] == {"ingest": True, "tokenizer": True, "train": True, "evaluate": True}
+    assert third["registered"]["created"] is True and third["registered"]["version"] == "2"
+    tracked = yaml.safe_load((ws / f"{raw['tgt']}.dvc").read_text())["outs"][0]["md5"]
+    assert tracked == hashlib.md5((ws / raw["tgt"]).read_bytes()).hexdigest()  # the edit is what DVC versioned
+    assert (tmp_path / "s2s-dvc-remote" / "files" / "md5" / tracked[:2] / tracked[2:]).is_file()  # ...and pushed

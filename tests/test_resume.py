@@ -18,6 +18,7 @@ from conftest import TINY_PARAMS, deep_merge
 
 from s2s import ingest, tokenizer
 from s2s.config import parse_params
+from s2s.layout import read_prepared
 from s2s.train import Trainer, TrainingError, lr_factor, stop_early
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     root = tmp_path_factory.mktemp("resume")
     params = parse_params(PARAMS)
     ingest.run(params.ingest, root, root / "data", root / "ingest.json")
-    pairs = ingest.read_prepared(root / "data", "train")
+    pairs = read_prepared(root / "data", "train")
     tokenizer.train(params.tokenizer, [s for s, _ in pairs], [t for _, t in pairs], root / "tok")
     (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     return root, root / "data", root / "tok"
