@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from flows.workspace import deep_merge, make_workspace, write_params  # noqa: E402
+from s2s.layout import PARAMS_FILE  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DEMO = {"ingest": {"builtin": {"pairs": 8000}, "holdout": {"valid": 500, "test": 500}}, "train": {"epochs": 2}}
@@ -54,7 +55,7 @@ def shoot(url: str, out: Path, size: str = "1440,1000") -> None:
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="s2s-shots-"))
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base = yaml.safe_load((REPO / PARAMS_FILE).read_text())
     ws = make_workspace(tmp / "ws", deep_merge(base, DEMO))
     env = {
         **os.environ,
@@ -68,7 +69,7 @@ def main() -> None:
     try:
         wait("http://127.0.0.1:4200/api/health")
         subprocess.run([str(BIN / "s2s"), "run", "--workspace", str(ws)], env=env, check=True)
-        params = yaml.safe_load((ws / "params.yaml").read_text())
+        params = yaml.safe_load((ws / PARAMS_FILE).read_text())
         write_params(ws, deep_merge(params, {"train": {"lr": 0.002}}))
         subprocess.run([str(BIN / "s2s"), "run", "--workspace", str(ws)], env=env, check=True)
         query = json.dumps({"sort": "START_TIME_DESC", "limit": 1}).encode()

@@ -10,7 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from s2s.layout import EVAL_METRICS, MODEL_FILE, PARAMS_FILE
+from s2s.config import RegistryConfig
+from s2s.layout import EVAL_METRICS, MODEL_DIR, MODEL_FILE, PARAMS_FILE, TOKENIZER_DIR
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 # `--params` used to log one file while the DVC stages trained on params.yaml; it is refused rather than kept half true.
@@ -218,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tr = sub.add_parser("translate", help="translate text with a registered model or a local checkpoint")
     tr.add_argument("text", nargs="*", help="sentences to translate")
-    tr.add_argument("--model", default="artifacts/model", help="models:/NAME/VERSION, models:/NAME@ALIAS, or a model folder")
-    tr.add_argument("--tokenizer", default="artifacts/tokenizer", help="tokenizer folder (with a model folder)")
-    tr.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking/registry URI for models:/ URIs")
+    tr.add_argument("--model", default=MODEL_DIR, help="models:/NAME/VERSION, models:/NAME@ALIAS, or a model folder")
+    tr.add_argument("--tokenizer", default=TOKENIZER_DIR, help="tokenizer folder (with a model folder)")
+    tr.add_argument("--tracking-uri", default=RegistryConfig().tracking_uri, help="MLflow registry URI for models:/ URIs")
     tr.add_argument("--input", help="file with one sentence per line")
     tr.add_argument("--output", help="write translations here instead of stdout")
     tr.add_argument("--beam", type=int, default=1, help="beam size (local model folders; registered models decode as registered)")

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from s2s.config import parse_params
-from s2s.layout import PARAMS_FILE, RAW_DIR
+from s2s.config import RegistryConfig, parse_params
+from s2s.layout import DVC_FILE, PARAMS_FILE, RAW_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,11 +47,13 @@ def make_workspace(root: Path, params: dict[str, Any]) -> Path:
     Its default DVC remote is therefore `../s2s-dvc-remote` beside it, as for a real checkout.
     """
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(REPO / DVC_FILE, root / DVC_FILE)
     shutil.copytree(REPO / "s2s", root / "s2s", ignore=shutil.ignore_patterns("__pycache__"))
     (root / RAW_DIR).mkdir(parents=True)
     shutil.copy(REPO / RAW_DIR / ".gitignore", root / RAW_DIR / ".gitignore")
-    write_params(root, deep_merge(params, {"registry": {"tracking_uri": "sqlite:///mlflow.db", "artifact_root": "mlartifacts"}}))
+    # The registry stays inside the workspace whatever `params` says (the defaults: sqlite:///mlflow.db, mlartifacts).
+    local = RegistryConfig().model_dump(include={"tracking_uri", "artifact_root"})
+    write_params(root, deep_merge(params, {"registry": local}))
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.cache/\n__pycache__/\n")
     run(["git", "init", "-q"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)

@@ -18,6 +18,7 @@ from typing import Any
 from s2s.config import EvaluateConfig
 from s2s.errors import S2SError
 
+DVC_FILE = "dvc.yaml"
 PARAMS_FILE = "params.yaml"
 LOCK_FILE = "dvc.lock"
 

@@ -41,7 +41,7 @@ LINEAGE_DIR, REPORTS_DIR = "lineage", "reports"
 # it goes with the code, at the version's git commit). Metrics are small, cache-less outs that DVC keeps in git.
 RESTORED_FILES = (layout.LOCK_FILE, layout.PARAMS_FILE, layout.INGEST_STATS, layout.TRAIN_SUMMARY, layout.TRAIN_CURVE,
                   layout.EVAL_METRICS)  # fmt: skip
-LINEAGE_FILES = (*RESTORED_FILES, "dvc.yaml")
+LINEAGE_FILES = (*RESTORED_FILES, layout.DVC_FILE)
 # MLflow's models-from-code: this file is stored with each version and run when it loads, so no pickled object is
 # kept; the s2s package travels with the version (code_paths).
 MODEL_CODE = '''"""The s2s translation model as MLflow loads it (models-from-code)."""

@@ -69,7 +69,7 @@ def closure(entry: str) -> frozenset[str]:
 
 
 def dvc_yaml() -> dict[str, Any]:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())
+    return yaml.safe_load((REPO / layout.DVC_FILE).read_text())
 
 
 def expand(deps: list[str]) -> tuple[set[str], set[str]]:
