@@ -229,3 +229,11 @@ def test_run_outputs_are_not_committed_here() -> None:
     if tracked.returncode != 0:
         pytest.skip("not a git checkout")
     assert tracked.stdout.split() == []
+
+
+@pytest.mark.parametrize("out", [o for s in layout.STAGES for o in s.outs])
+def test_every_cached_output_is_already_git_ignored(out: str) -> None:
+    """DVC adds an output to its folder's .gitignore when it runs: a line missing here would leave a checkout dirty
+    after `make run`, and every version registered after that would be tagged git.dirty."""
+    folder, name = out.rsplit("/", 1)
+    assert f"/{name}" in (REPO / folder / ".gitignore").read_text().splitlines()
