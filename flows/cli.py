@@ -10,7 +10,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from s2s.config import RegistryConfig
 from s2s.layout import EVAL_METRICS, MODEL_DIR, MODEL_FILE, PARAMS_FILE, TOKENIZER_DIR
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
@@ -111,8 +110,12 @@ def _translate(args: argparse.Namespace) -> int:
     if ":/" in args.model:  # models:/NAME/VERSION, models:/NAME@ALIAS, runs:/..., file:/...
         import mlflow.pyfunc
 
-        mlflow.set_tracking_uri(args.tracking_uri)
-        mlflow.set_registry_uri(args.tracking_uri)
+        from s2s.config import RegistryConfig
+        from s2s.registry import tracking_uri
+
+        uri = tracking_uri(RegistryConfig(tracking_uri=args.tracking_uri), Path.cwd())
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
         if args.n_best > 1:
             print("s2s translate: --n-best needs a local model folder", file=sys.stderr)
             return 2
@@ -189,6 +192,24 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack(args: argparse.Namespace) -> int:
+    """The team stack on 127.0.0.1: up (idempotent) prints the environment to export, env prints it again, down stops it."""
+    from flows import stack
+
+    root, workspace = Path(args.dir).resolve(), Path(args.workspace).resolve()
+    if args.action == "down":
+        stack.down(root)
+        print(f"s2s stack: stopped; its data stays in {args.dir} (remove the folder to start afresh)")
+        return 0
+    if args.action == "up":
+        running = stack.up(root, workspace)
+        stack.use_bucket_remote(running, workspace)
+    else:
+        running = stack.Stack.load_or_create(root)
+    print(stack.exports(running))
+    return 0
+
+
 def _rollback(args: argparse.Namespace) -> int:
     from s2s.registry import rollback
 
@@ -221,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("text", nargs="*", help="sentences to translate")
     tr.add_argument("--model", default=MODEL_DIR, help="models:/NAME/VERSION, models:/NAME@ALIAS, or a model folder")
     tr.add_argument("--tokenizer", default=TOKENIZER_DIR, help="tokenizer folder (with a model folder)")
-    tr.add_argument("--tracking-uri", default=RegistryConfig().tracking_uri, help="MLflow registry URI for models:/ URIs")
+    tr.add_argument(
+        "--tracking-uri", help="MLflow registry URI for models:/ URIs (default: $MLFLOW_TRACKING_URI, else the local store)"
+    )
     tr.add_argument("--input", help="file with one sentence per line")
     tr.add_argument("--output", help="write translations here instead of stdout")
     tr.add_argument("--beam", type=int, default=1, help="beam size (local model folders; registered models decode as registered)")
@@ -244,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--params", default=PARAMS_FILE, help="params file inside the workspace (its registry section)")
         cmd.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: registry.tracking_uri of the params)")
         cmd.set_defaults(func=func)
+
+    st = sub.add_parser("stack", help="PostgreSQL, S3 (moto), MLflow and Prefect servers and a worker on 127.0.0.1")
+    st.add_argument("action", choices=["up", "env", "down"])
+    st.add_argument("--dir", default=".stack", help="state folder: data, logs, generated credentials (default: .stack)")
+    st.add_argument("--workspace", default=".", help="the checkout the worker runs flows in (default: .)")
+    st.set_defaults(func=_stack)
 
     args = parser.parse_args(argv)
     # No usage telemetry: these machines often have no way out, and a failed send only adds noise.

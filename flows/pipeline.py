@@ -27,7 +27,19 @@ from prefect.runtime import flow_run
 
 from s2s import layout
 from s2s.config import Params, PromoteConfig, RegistryConfig, load_params
-from s2s.registry import DECISION_TAG, REASON_TAG, Registered, RunInputs, connect, lineage_key, register, run_gate, score_model
+from s2s.registry import (
+    DECISION_TAG,
+    REASON_TAG,
+    Registered,
+    RunInputs,
+    connect,
+    is_server,
+    lineage_key,
+    register,
+    run_gate,
+    score_model,
+    tracking_uri,
+)
 
 
 class StageFailed(RuntimeError):
@@ -179,7 +191,7 @@ def register_model(workspace: Path, registry: RegistryConfig) -> Registered:
         if type(err).__name__ not in ("MlflowException", "ConnectionError", "RestException") and not isinstance(err, OSError):
             raise
         raise RegistryUnavailable(
-            f"MLflow registry at {registry.tracking_uri} failed: {err}. The trained model is kept in the DVC "
+            f"MLflow registry at {tracking_uri(registry, workspace)} failed: {err}. The trained model is kept in the DVC "
             "cache; run the pipeline again once MLflow is back and it registers the model without retraining."
         ) from err
     get_run_logger().info(
@@ -257,7 +269,7 @@ def _samples(workspace: Path, n: int = 10) -> list[dict[str, str]]:
 
 @flow(name="s2s-pipeline", log_prints=True)
 def pipeline(workspace: str = ".", force: bool = False) -> dict[str, Any]:
-    """ingest -> tokenizer -> train -> evaluate (DVC), register and gate in MLflow, push to the DVC remote.
+    """ingest -> tokenizer -> train -> evaluate (DVC), push to the DVC remote, register and gate in MLflow.
 
     The stages read the workspace's params.yaml (DVC records what each ran with in dvc.lock); the flow reads
     and validates it once, up front, and hands its own tasks the typed sections they need.
@@ -267,13 +279,16 @@ def pipeline(workspace: str = ".", force: bool = False) -> dict[str, Any]:
     with workspace_lock(root):
         track_raw_data(root)
         ran = {stage: dvc_stage(root, stage, force) for stage in layout.STAGE_NAMES}
-        registered = register_model(root, params.registry)
-        gate = promotion_gate(root, params.registry, params.promote, registered)
+        # Push before registering: a registered version's data is always in the remote (`s2s restore` needs it),
+        # and a registry that is down leaves the trained model safe there too.
         if params.remote.push:
             dvc_push(root)
+        registered = register_model(root, params.registry)
+        gate = promotion_gate(root, params.registry, params.promote, registered)
     metrics = json.loads((root / layout.EVAL_METRICS).read_text())
+    ui = registered.tracking_uri if is_server(registered.tracking_uri) else params.registry.ui_url  # a server is its own UI
     create_markdown_artifact(
-        _report(metrics, registered, gate, ran, params.registry.ui_url),
+        _report(metrics, registered, gate, ran, ui),
         key="s2s-run-report",
         description="s2s pipeline run report",
     )

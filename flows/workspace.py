@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from s2s.config import RegistryConfig, parse_params
+from s2s.config import DEFAULT_TRACKING_URI, RegistryConfig, parse_params
 from s2s.layout import DVC_FILE, PARAMS_FILE, RAW_DIR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,19 +41,21 @@ def write_params(root: Path, params: dict[str, Any]) -> None:
 GIT = ["git", "-c", "user.name=s2s", "-c", "user.email=s2s@example.invalid"]
 
 
-def make_workspace(root: Path, params: dict[str, Any]) -> Path:
-    """A git + DVC repository like a checkout of this one: dvc.yaml, s2s/, data/raw/, the committed DVC config.
+def make_workspace(root: Path, params: dict[str, Any], local_registry: bool = True) -> Path:
+    """A git + DVC repository like a checkout of this one: dvc.yaml, s2s/, flows/, prefect.yaml, data/raw/, the DVC config.
 
     Its default DVC remote is therefore `../s2s-dvc-remote` beside it, as for a real checkout.
     """
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / DVC_FILE, root / DVC_FILE)
-    shutil.copytree(REPO / "s2s", root / "s2s", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("s2s", "flows"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "prefect.yaml", root / "prefect.yaml")
     (root / RAW_DIR).mkdir(parents=True)
     shutil.copy(REPO / RAW_DIR / ".gitignore", root / RAW_DIR / ".gitignore")
-    # The registry stays inside the workspace whatever `params` says (the defaults: sqlite:///mlflow.db, mlartifacts).
-    local = RegistryConfig().model_dump(include={"tracking_uri", "artifact_root"})
-    write_params(root, deep_merge(params, {"registry": local}))
+    # The registry stays inside the workspace whatever `params` or the environment say, unless asked otherwise.
+    local = {"tracking_uri": DEFAULT_TRACKING_URI, "artifact_root": RegistryConfig().artifact_root}
+    write_params(root, deep_merge(params, {"registry": local}) if local_registry else params)
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.cache/\n__pycache__/\n")
     run(["git", "init", "-q"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)

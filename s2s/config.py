@@ -200,9 +200,13 @@ class EvaluateConfig(_Section):
 # -------------------------------------------------- orchestration (not a DVC stage)
 
 
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
 class RegistryConfig(_Section):
     model_name: str = Field(default="s2s-translator", min_length=1)
-    tracking_uri: str = "sqlite:///mlflow.db"
+    # None: MLflow's own MLFLOW_TRACKING_URI if set (a team's server), else DEFAULT_TRACKING_URI in the workspace.
+    tracking_uri: str | None = None
     artifact_root: str = "mlartifacts"
     experiment: str = "s2s"
     ui_url: str = "http://127.0.0.1:5000"

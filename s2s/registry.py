@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 
 from s2s import layout
-from s2s.config import EvaluateConfig, RegistryConfig
+from s2s.config import DEFAULT_TRACKING_URI, EvaluateConfig, RegistryConfig
 from s2s.promotion import Decision, decide
 
 log = logging.getLogger(__name__)
@@ -125,22 +126,30 @@ def lineage_key(outs: dict[str, str], evaluate: EvaluateConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _resolve_uri(uri: str, workspace: Path) -> str:
-    """Relative sqlite paths are relative to the workspace, not to wherever we were started."""
+def tracking_uri(cfg: RegistryConfig, workspace: Path) -> str:
+    """params' URI, else MLflow's MLFLOW_TRACKING_URI, else the local default; relative sqlite paths are the workspace's."""
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
         return prefix + str((workspace / uri[len(prefix) :]).resolve())
     return uri
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
 def connect(cfg: RegistryConfig, workspace: Path) -> tuple[MlflowClient, str]:
-    uri = _resolve_uri(cfg.tracking_uri, workspace)
+    uri = tracking_uri(cfg, workspace)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(cfg.experiment) is None:
-        root = Path(cfg.artifact_root)
-        root = root if root.is_absolute() else workspace / root
-        mlflow.create_experiment(cfg.experiment, artifact_location=root.resolve().as_uri())
+        if is_server(uri):  # the server hands out its artifact location (proxied to its store): used as is
+            mlflow.create_experiment(cfg.experiment)
+        else:
+            root = Path(cfg.artifact_root)
+            root = root if root.is_absolute() else workspace / root
+            mlflow.create_experiment(cfg.experiment, artifact_location=root.resolve().as_uri())
     mlflow.set_experiment(cfg.experiment)
     return MlflowClient(uri, uri), uri
 

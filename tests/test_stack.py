@@ -1,0 +1,209 @@
+"""The team stack on loopback, for real: PostgreSQL, an S3 server (moto), `mlflow server`, `prefect server`, a worker.
+
+Each check looks at the servers themselves: rows in PostgreSQL, objects in the bucket, the Prefect API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import TINY_PARAMS, deep_merge, make_workspace
+
+from flows import stack as team
+from s2s import layout
+
+pytestmark = [pytest.mark.team, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+NAME = "s2s-translator"
+
+
+def env_for(stack: team.Stack) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    return {**base, **stack.env(), "PATH": f"{BIN}{os.pathsep}{base['PATH']}", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def sh(
+    args: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{args} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def sql(stack: team.Stack, database: str, query: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    url = f"postgresql://{stack.db_user}:{stack.db_password}@127.0.0.1:{stack.ports['postgres']}/{database}"
+    with psycopg.connect(url) as conn:
+        return list(conn.execute(query).fetchall())
+
+
+def bucket_keys(stack: team.Stack, prefix: str) -> list[str]:
+    pages = team.s3_client(stack).get_paginator("list_objects_v2").paginate(Bucket=team.BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="module")
+def deployed() -> Iterator[dict[str, Any]]:
+    """The stack up, a workspace deployed with prefect.yaml, and one deployment run picked up by the worker."""
+    if shutil.which("initdb") is None:
+        pytest.fail("PostgreSQL's initdb is not on PATH: the team tests need Debian's postgresql package")
+    # Not under pytest's tmp folder: that one is private to root, and PostgreSQL runs as `postgres`.
+    tmp = Path(tempfile.mkdtemp(prefix="s2s-team-"))
+    tmp.chmod(0o755)
+    ws = make_workspace(tmp / "ws", TINY_PARAMS, local_registry=False)
+    os.environ["PREFECT_UI_ENABLED"] = "false"  # the API is what the tests use; the UI build costs start-up time
+    start = time.perf_counter()
+    try:
+        stack = team.up(tmp / "stack", ws)
+        team.use_bucket_remote(stack, ws)
+        started = time.perf_counter() - start
+        env = env_for(stack)
+        sh([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], ws, env)
+        run = sh([str(BIN / "prefect"), "deployment", "run", "s2s-pipeline/s2s-retrain", "--watch"], ws, env)
+        yield {"stack": stack, "ws": ws, "tmp": tmp, "env": env, "run": run, "startup_seconds": started}
+    finally:
+        os.environ.pop("PREFECT_UI_ENABLED", None)
+        team.down(tmp / "stack")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_deployment_run_by_the_worker_lands_in_postgres_and_the_bucket(deployed: dict[str, Any]) -> None:
+    stack, ws = deployed["stack"], deployed["ws"]
+    print(f"stack start-up {deployed['startup_seconds']:.1f} s")
+    assert "Flow run finished successfully in 'Completed'" in deployed["run"].stdout
+    # Prefect's own record, in its PostgreSQL database: the run, picked up by a worker of the pool.
+    runs = sql(stack, "prefect", "SELECT fr.state_type, wp.name FROM flow_run fr JOIN work_queue wq ON fr.work_queue_id = wq.id "
+                                 "JOIN work_pool wp ON wq.work_pool_id = wp.id")  # fmt: skip
+    assert runs == [("COMPLETED", team.POOL)]
+    assert sql(stack, "prefect", f"SELECT concurrency_limit FROM work_pool WHERE name = '{team.POOL}'") == [(1,)]
+    # MLflow's registry rows in PostgreSQL; the gate crowned the first version.
+    assert sql(stack, "mlflow", "SELECT name, version FROM model_versions") == [(NAME, 1)]
+    aliases = dict(sql(stack, "mlflow", "SELECT alias, version FROM registered_model_aliases"))
+    assert aliases == {"champion": 1, "challenger": 1}
+    # The artifact location the server handed out was used as is: the model's files are objects in the bucket.
+    (location,) = sql(stack, "mlflow", "SELECT artifact_location FROM experiments WHERE name = 's2s'")[0]
+    assert location.startswith("mlflow-artifacts:")
+    keys = bucket_keys(stack, "mlartifacts/")
+    assert any(k.endswith("/artifacts/MLmodel") for k in keys) and any(k.endswith("/model.pt") for k in keys)
+    assert any(k.endswith("/lineage/dvc.lock") for k in keys)
+    # `dvc push` put data and artifacts in the bucket: every cached file of this run is an object there.
+    lock = yaml.safe_load((ws / layout.LOCK_FILE).read_text())
+    model_md5 = next(o["md5"] for o in lock["stages"]["train"]["outs"])
+    assert f"dvc/files/md5/{model_md5[:2]}/{model_md5[2:]}" in bucket_keys(stack, "dvc/")
+
+
+def test_a_second_clone_pulls_from_the_bucket_and_has_nothing_to_run(deployed: dict[str, Any]) -> None:
+    stack, ws, tmp, env = deployed["stack"], deployed["ws"], deployed["tmp"], deployed["env"]
+    git = ["git", "-c", "user.name=s2s", "-c", "user.email=s2s@example.invalid"]
+    sh([*git, "add", "-A"], ws, env)
+    sh([*git, "commit", "-q", "-m", "run"], ws, env)
+    clone = tmp / "clone"
+    sh(["git", "clone", "-q", str(ws), str(clone)], tmp, env)
+    team.use_bucket_remote(stack, clone)
+    shutil.rmtree(ws / ".dvc" / "cache", ignore_errors=True)  # nothing local to borrow: the bucket is the only source
+    sh([sys.executable, "-m", "dvc", "pull"], clone, env)
+    assert json.loads(sh([sys.executable, "-m", "dvc", "status", "--json"], clone, env).stdout) == {}
+    assert "Running stage" not in sh([sys.executable, "-m", "dvc", "repro"], clone, env).stdout
+
+
+def test_mlflow_models_serve_loads_the_champion_from_the_server(deployed: dict[str, Any]) -> None:
+    stack, tmp, env = deployed["stack"], deployed["tmp"], deployed["env"]
+    port = team.free_port()
+    log = tmp / "serve.log"
+    args = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
+            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(args, cwd=tmp, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        team._wait("mlflow models serve", lambda: team._answers(f"http://127.0.0.1:{port}/ping"), 120, log)
+        body = json.dumps({"inputs": ["We saw a big dog yesterday.", "They sold the old book."]}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = json.loads(response.read())["predictions"]
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+    script = (
+        "import json, mlflow.pyfunc\n"
+        f"print(json.dumps(list(mlflow.pyfunc.load_model('models:/{NAME}@champion').predict("
+        "['We saw a big dog yesterday.', 'They sold the old book.']))))\n"
+    )
+    expected = json.loads(sh([sys.executable, "-c", script], tmp, env).stdout.strip().splitlines()[-1])
+    assert served == expected and all(isinstance(t, str) and t for t in served)
+    assert stack.mlflow_uri == env["MLFLOW_TRACKING_URI"]
+
+
+def _s2s_run(deployed: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh([str(BIN / "s2s"), "run", "--workspace", str(deployed["ws"])], deployed["ws"], deployed["env"], check=check)
+
+
+def _set_lr(ws: Path, lr: float) -> None:
+    params = yaml.safe_load((ws / layout.PARAMS_FILE).read_text())
+    (ws / layout.PARAMS_FILE).write_text(yaml.safe_dump(deep_merge(params, {"train": {"lr": lr}}), sort_keys=False))
+
+
+def test_mlflow_server_stopped_mid_run_fails_clearly_and_the_rerun_registers_without_training(deployed: dict[str, Any]) -> None:
+    stack, ws, env = deployed["stack"], deployed["ws"], deployed["env"]
+    _set_lr(ws, 0.004)
+    log = deployed["tmp"] / "midrun.log"
+    with log.open("w") as handle:
+        proc = subprocess.Popen([str(BIN / "s2s"), "run", "--workspace", str(ws)], cwd=ws, env=env, stdout=handle,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    team._wait("training to start", lambda: "Running stage 'train'" in log.read_text(), 300, log)
+    team._stop(stack, "mlflow")  # the tracking server goes away while the model trains
+    assert proc.wait(600) == 1
+    out = log.read_text()
+    assert f"MLflow registry at {stack.mlflow_uri} failed" in out and "kept in the DVC cache" in out
+    # The trained model is in the DVC cache and, pushed before registering, in the bucket.
+    model_md5 = next(o["md5"] for o in yaml.safe_load((ws / layout.LOCK_FILE).read_text())["stages"]["train"]["outs"])
+    assert f"dvc/files/md5/{model_md5[:2]}/{model_md5[2:]}" in bucket_keys(stack, "dvc/")
+    assert sql(stack, "mlflow", "SELECT version FROM model_versions") == [(1,)]  # no version without its artifacts
+
+    team.up(stack.root, ws)  # the server is back
+    rerun = _s2s_run(deployed)
+    assert "stages      : ingest skipped, tokenizer skipped, train skipped, evaluate skipped" in rerun.stdout
+    assert f"models:/{NAME}/2  (new version)" in rerun.stdout
+    versions = sql(stack, "mlflow", "SELECT version, source FROM model_versions ORDER BY version")
+    assert [v for v, _ in versions] == [1, 2]
+    for _, source in versions:  # every version's model files are objects in the bucket
+        model_id = source.rsplit("/", 1)[-1]
+        assert any(k.endswith(f"/models/{model_id}/artifacts/MLmodel") for k in bucket_keys(stack, "mlartifacts/"))
+
+
+def test_postgres_restarted_between_two_runs_the_next_run_works(deployed: dict[str, Any]) -> None:
+    stack = deployed["stack"]
+    team.stop_postgres(stack)
+    assert not team._pg_ready(stack)
+    team.up(stack.root, deployed["ws"])  # PostgreSQL back on its port; MLflow and Prefect reconnect by themselves
+    rerun = _s2s_run(deployed)
+    assert "unchanged, not registered again" in rerun.stdout
+    assert sql(stack, "mlflow", "SELECT count(*) FROM model_versions") == [(2,)]
+
+
+def test_object_store_unreachable_at_push_fails_clearly_and_keeps_local_state(deployed: dict[str, Any]) -> None:
+    stack, ws = deployed["stack"], deployed["ws"]
+    lock_before = (ws / layout.LOCK_FILE).read_bytes()
+    team._stop(stack, "s3")
+    failed = _s2s_run(deployed, check=False)
+    assert failed.returncode == 1
+    assert "dvc push failed" in failed.stderr + failed.stdout
+    assert "the DVC remote is configured in .dvc/config" in failed.stderr + failed.stdout
+    assert (ws / layout.LOCK_FILE).read_bytes() == lock_before
+    status = sh([sys.executable, "-m", "dvc", "status", "--json"], ws, deployed["env"])
+    assert json.loads(status.stdout) == {}  # data, tokenizer and model still match dvc.lock locally
