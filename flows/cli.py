@@ -204,8 +204,11 @@ def _stack(args: argparse.Namespace) -> int:
     if args.action == "up":
         running = stack.up(root, workspace)
         stack.use_bucket_remote(running, workspace)
-    else:
+    elif (root / "stack.json").is_file():
         running = stack.Stack.load_or_create(root)
+    else:
+        print(f"s2s stack: no stack in {args.dir}; start one with `s2s stack up`", file=sys.stderr)
+        return 1
     print(stack.exports(running))
     return 0
 

@@ -61,3 +61,8 @@ def test_preset_from_a_file_is_validated_before_it_replaces_params(tmp_path: Pat
     assert main(["run", "--workspace", str(tmp_path), "--preset", str(bad)]) == 1
     assert "train.epochz: unknown key" in capsys.readouterr().err
     assert (tmp_path / "params.yaml").read_text() == "train:\n  epochs: 3\n"
+
+
+def test_stack_env_without_a_stack_says_how_to_start_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stack", "env", "--dir", str(tmp_path / "none")]) == 1
+    assert "no stack in" in capsys.readouterr().err and not (tmp_path / "none").exists()

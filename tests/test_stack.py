@@ -65,31 +65,38 @@ def deployed() -> Iterator[dict[str, Any]]:
     tmp = Path(tempfile.mkdtemp(prefix="s2s-team-"))
     tmp.chmod(0o755)
     ws = make_workspace(tmp / "ws", TINY_PARAMS, local_registry=False)
-    os.environ["PREFECT_UI_ENABLED"] = "false"  # the API is what the tests use; the UI build costs start-up time
+    # The API is what the tests use; building the UI only costs start-up time.
+    cli_env = {**os.environ, "PREFECT_UI_ENABLED": "false", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    stack_cmd = [str(BIN / "s2s"), "stack", "--dir", str(tmp / "stack"), "--workspace", str(ws)]
     start = time.perf_counter()
     try:
-        stack = team.up(tmp / "stack", ws)
-        team.use_bucket_remote(stack, ws)
+        first = sh([*stack_cmd[:2], "up", *stack_cmd[2:]], ws, cli_env)
         started = time.perf_counter() - start
+        again = sh([*stack_cmd[:2], "up", *stack_cmd[2:]], ws, cli_env)  # idempotent: nothing new, the same variables
+        stack = team.Stack.load_or_create(tmp / "stack")
+        exported = dict(line.removeprefix("export ").split("=", 1) for line in first.stdout.splitlines())
         env = env_for(stack)
         sh([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], ws, env)
         run = sh([str(BIN / "prefect"), "deployment", "run", "s2s-pipeline/s2s-retrain", "--watch"], ws, env)
-        yield {"stack": stack, "ws": ws, "tmp": tmp, "env": env, "run": run, "startup_seconds": started}
+        yield {"stack": stack, "ws": ws, "tmp": tmp, "env": env, "run": run, "startup_seconds": started,
+               "exported": exported, "again": again.stdout, "first": first.stdout}  # fmt: skip
     finally:
-        os.environ.pop("PREFECT_UI_ENABLED", None)
-        team.down(tmp / "stack")
+        sh([*stack_cmd[:2], "down", *stack_cmd[2:]], tmp, cli_env, check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_a_deployment_run_by_the_worker_lands_in_postgres_and_the_bucket(deployed: dict[str, Any]) -> None:
     stack, ws = deployed["stack"], deployed["ws"]
     print(f"stack start-up {deployed['startup_seconds']:.1f} s")
+    assert deployed["exported"] == stack.env() and deployed["again"] == deployed["first"]
+    assert stack.db_password not in (ws / layout.PARAMS_FILE).read_text()  # credentials stay in the stack folder
     assert "Flow run finished successfully in 'Completed'" in deployed["run"].stdout
     # Prefect's own record, in its PostgreSQL database: the run, picked up by a worker of the pool.
     runs = sql(stack, "prefect", "SELECT fr.state_type, wp.name FROM flow_run fr JOIN work_queue wq ON fr.work_queue_id = wq.id "
                                  "JOIN work_pool wp ON wq.work_pool_id = wp.id")  # fmt: skip
     assert runs == [("COMPLETED", team.POOL)]
     assert sql(stack, "prefect", f"SELECT concurrency_limit FROM work_pool WHERE name = '{team.POOL}'") == [(1,)]
+    assert {key for (key,) in sql(stack, "prefect", "SELECT key FROM artifact")} >= {"s2s-run-report", "s2s-sample-translations"}
     # MLflow's registry rows in PostgreSQL; the gate crowned the first version.
     assert sql(stack, "mlflow", "SELECT name, version FROM model_versions") == [(NAME, 1)]
     aliases = dict(sql(stack, "mlflow", "SELECT alias, version FROM registered_model_aliases"))
@@ -194,6 +201,16 @@ def test_postgres_restarted_between_two_runs_the_next_run_works(deployed: dict[s
     rerun = _s2s_run(deployed)
     assert "unchanged, not registered again" in rerun.stdout
     assert sql(stack, "mlflow", "SELECT count(*) FROM model_versions") == [(2,)]
+
+
+def test_promote_and_rollback_against_the_server(deployed: dict[str, Any]) -> None:
+    stack, ws, env = deployed["stack"], deployed["ws"], deployed["env"]
+    champion = dict(sql(stack, "mlflow", "SELECT alias, version FROM registered_model_aliases"))["champion"]
+    other = 2 if champion == 1 else 1
+    sh([str(BIN / "s2s"), "promote", str(other), "--workspace", str(ws), "--reason", "team test"], ws, env)
+    assert dict(sql(stack, "mlflow", "SELECT alias, version FROM registered_model_aliases"))["champion"] == other
+    sh([str(BIN / "s2s"), "rollback", "--workspace", str(ws)], ws, env)
+    assert dict(sql(stack, "mlflow", "SELECT alias, version FROM registered_model_aliases"))["champion"] == champion
 
 
 def test_object_store_unreachable_at_push_fails_clearly_and_keeps_local_state(deployed: dict[str, Any]) -> None:
