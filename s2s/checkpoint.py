@@ -52,6 +52,13 @@ def atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
             os.unlink(tmp)
 
 
+def remove_with_partials(path: Path) -> None:
+    """Delete `path` and the temporary files of atomic writes to it that a kill interrupted (`.NAME-XXXX`)."""
+    path.unlink(missing_ok=True)
+    for partial in path.parent.glob(f".{path.name}-*"):
+        partial.unlink(missing_ok=True)
+
+
 def read(path: Path) -> dict[str, Any]:
     """The raw checkpoint dict, with a clear error for missing, truncated or foreign files."""
     if not path.is_file():

@@ -402,7 +402,7 @@ class Trainer:
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         for path in (self.resume_path, self.best_path):
             if path is not None:
-                path.unlink(missing_ok=True)  # finished: nothing to resume
+                checkpoint.remove_with_partials(path)  # finished: nothing to resume, not even a save a kill cut short
         return summary
 
 

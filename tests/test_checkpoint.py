@@ -56,3 +56,12 @@ def test_loading_never_executes_code(tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.raises(CheckpointError, match="evil.pt: not a readable s2s checkpoint"):
         checkpoint.read(evil)
     assert "must never run" not in capsys.readouterr().out
+
+
+def test_remove_with_partials_deletes_the_file_and_interrupted_writes_only(tmp_path: Path) -> None:
+    state = tmp_path / "abc.pt"
+    for name in ("abc.pt", ".abc.pt-k3j2", ".abc.pt-zz9", "other.pt", ".other.pt-x1"):
+        (tmp_path / name).write_bytes(b"x")
+    checkpoint.remove_with_partials(state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt-x1", "other.pt"]
+    checkpoint.remove_with_partials(state)  # nothing left to remove: no error
