@@ -108,7 +108,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status < 500
@@ -116,7 +116,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _wait(what: str, check: Callable[[], bool], seconds: float, log: Path) -> None:
+def wait_until(what: str, check: Callable[[], bool], seconds: float, log: Path) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if check():
@@ -133,7 +133,7 @@ def _pid_file(stack: Stack, name: str) -> Path:
     return stack.root / "run" / f"{name}.pid"
 
 
-def _alive(stack: Stack, name: str) -> bool:
+def service_alive(stack: Stack, name: str) -> bool:
     path = _pid_file(stack, name)
     if not path.is_file():
         return False
@@ -152,7 +152,7 @@ def _spawn(stack: Stack, name: str, args: list[str], env: dict[str, str], cwd: P
     _pid_file(stack, name).write_text(str(proc.pid))
 
 
-def _stop(stack: Stack, name: str, seconds: float = 20) -> None:
+def stop_service(stack: Stack, name: str, seconds: float = 20) -> None:
     path = _pid_file(stack, name)
     if not path.is_file():
         return
@@ -163,9 +163,9 @@ def _stop(stack: Stack, name: str, seconds: float = 20) -> None:
         except ProcessLookupError:
             break
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(stack, name):
+        while time.monotonic() < deadline and service_alive(stack, name):
             time.sleep(0.2)
-        if not _alive(stack, name):
+        if not service_alive(stack, name):
             break
     path.unlink(missing_ok=True)
 
@@ -187,7 +187,7 @@ def _pg_dirs(stack: Stack) -> tuple[Path, Path, Path]:
     return stack.root / "pg" / "data", stack.root / "pg" / "run", stack.root / "logs" / "postgres.log"
 
 
-def _pg_ready(stack: Stack) -> bool:
+def postgres_ready(stack: Stack) -> bool:
     import psycopg
 
     try:
@@ -221,7 +221,7 @@ def start_postgres(stack: Stack) -> None:
     options = f"-p {stack.ports['postgres']} -k {run} -c listen_addresses=127.0.0.1"
     subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start"]),
                    check=True, capture_output=True)  # fmt: skip
-    _wait("PostgreSQL", lambda: _pg_ready(stack), 60, log)
+    wait_until("PostgreSQL", lambda: postgres_ready(stack), 60, log)
 
 
 def stop_postgres(stack: Stack) -> None:
@@ -257,7 +257,7 @@ def s3_client(stack: Stack):  # type: ignore[no-untyped-def]  # boto3's client t
 def start_s3(stack: Stack) -> None:
     """moto's S3 server; it keeps objects in memory, so a restart empties the bucket (README says so)."""
     _spawn(stack, "s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(stack.ports["s3"])], _base_env(), stack.root)
-    _wait("the S3 server (moto)", lambda: _answers(f"{stack.s3_endpoint}/moto-api/"), 60, stack.root / "logs" / "s3.log")
+    wait_until("the S3 server (moto)", lambda: answers(f"{stack.s3_endpoint}/moto-api/"), 60, stack.root / "logs" / "s3.log")
     client = s3_client(stack)
     if BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
         client.create_bucket(Bucket=BUCKET)
@@ -268,7 +268,7 @@ def start_mlflow(stack: Stack) -> None:
             "--artifacts-destination", f"s3://{BUCKET}/mlartifacts", "--serve-artifacts",
             "--host", "127.0.0.1", "--port", str(stack.ports["mlflow"]), "--workers", "1"]  # fmt: skip
     _spawn(stack, "mlflow", args, {**_base_env(), **stack.env()}, stack.root)
-    _wait("mlflow server", lambda: _answers(f"{stack.mlflow_uri}/health"), 120, stack.root / "logs" / "mlflow.log")
+    wait_until("mlflow server", lambda: answers(f"{stack.mlflow_uri}/health"), 120, stack.root / "logs" / "mlflow.log")
 
 
 def _prefect_env(stack: Stack) -> dict[str, str]:
@@ -284,7 +284,7 @@ def _prefect_env(stack: Stack) -> dict[str, str]:
 def start_prefect(stack: Stack) -> None:
     args = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(stack.ports["prefect"])]
     _spawn(stack, "prefect", args, _prefect_env(stack), stack.root)
-    _wait("prefect server", lambda: _answers(f"{stack.prefect_api}/health"), 180, stack.root / "logs" / "prefect.log")
+    wait_until("prefect server", lambda: answers(f"{stack.prefect_api}/health"), 180, stack.root / "logs" / "prefect.log")
     env = _prefect_env(stack)
     prefect = str(BIN / "prefect")
     created = subprocess.run([prefect, "work-pool", "create", POOL, "--type", "process"], env=env, capture_output=True, text=True)
@@ -298,22 +298,22 @@ def start_worker(stack: Stack, workspace: Path) -> None:
     args = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
     _spawn(stack, "worker", args, _prefect_env(stack), workspace)
     log = stack.root / "logs" / "worker.log"
-    _wait("prefect worker", lambda: "started" in (log.read_text(errors="replace") if log.is_file() else ""), 120, log)
+    wait_until("prefect worker", lambda: "started" in (log.read_text(errors="replace") if log.is_file() else ""), 120, log)
 
 
 def up(root: Path, workspace: Path) -> Stack:
     """Start what is not running; return the stack (its env is what clients export)."""
     stack = Stack.load_or_create(root)
-    if not _pg_ready(stack):
+    if not postgres_ready(stack):
         start_postgres(stack)
     create_databases(stack)
-    if not _answers(f"{stack.s3_endpoint}/moto-api/"):
+    if not answers(f"{stack.s3_endpoint}/moto-api/"):
         start_s3(stack)
-    if not _answers(f"{stack.mlflow_uri}/health"):
+    if not answers(f"{stack.mlflow_uri}/health"):
         start_mlflow(stack)
-    if not _answers(f"{stack.prefect_api}/health"):
+    if not answers(f"{stack.prefect_api}/health"):
         start_prefect(stack)
-    if not _alive(stack, "worker"):
+    if not service_alive(stack, "worker"):
         start_worker(stack, workspace)
     return stack
 
@@ -324,7 +324,7 @@ def down(root: Path) -> None:
         return
     stack = Stack.load_or_create(root)
     for name in ("worker", "prefect", "mlflow", "s3"):
-        _stop(stack, name)
+        stop_service(stack, name)
     stop_postgres(stack)
 
 
