@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/multi30k.py --cpu-budget 60          # the best 2-core CPU recipe in 60 minutes
     .venv/bin/python benchmarks/multi30k.py --gpu                    # the GPU recipe (bf16, torch.compile)
+    .venv/bin/python benchmarks/multi30k.py --gpu --nproc 8          # the same recipe on 8 processes (torchrun, DDP)
     .venv/bin/python benchmarks/multi30k.py --data /path/to/multi30k # another copy of the raw task-1 files
 
 Runs the real DVC stages (ingest, tokenizer, train, evaluate) in a scratch
@@ -165,6 +166,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/s2s-multi30k"), help="workspace and results folder")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's choice)")
     parser.add_argument("--limit", type=int, default=0, help="decode only the first N test sentences (a quick check; 0: all)")
+    parser.add_argument("--nproc", type=int, default=1, help="training processes (torchrun; batch_tokens stays the global batch)")
+    parser.add_argument("--no-decode", action="store_true", help="train and report training figures only (throughput runs)")
     args = parser.parse_args()
 
     recipe = "gpu" if args.gpu else "cpu"
@@ -175,8 +178,10 @@ def main() -> None:
                      for side, lang in (("src", "en"), ("tgt", "de"))}
              for split, name in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr"))}  # fmt: skip
     params = deep_merge(preset, {"ingest": {"files": files}, **RECIPES[recipe]})
-    params = deep_merge(params, {"train": {"max_minutes": budget, "threads": args.threads}, "remote": {"push": False}})
-    ws = args.out / f"ws-{recipe}"
+    train_options = {"max_minutes": budget, "threads": args.threads, "distributed": {"nproc_per_node": args.nproc}}
+    params = deep_merge(params, {"train": train_options, "remote": {"push": False}})
+    name = recipe if args.nproc == 1 else f"{recipe}-{args.nproc}proc"
+    ws = args.out / f"ws-{name}"
     if not ws.exists():
         make_workspace(ws, params)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -187,6 +192,14 @@ def main() -> None:
     train = json.loads((ws / TRAIN_SUMMARY).read_text())
     with (ws / TRAIN_CURVE).open() as handle:
         curve = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    print(f"training on {train['processes']} process(es), {train['device']}: {train['tokens_per_second']} tok/s in total, "
+          f"{train['tokens_per_second_per_process']} per process; {train['epochs']} epochs, {train['updates']} updates, "
+          f"best valid BLEU {train['best_valid_bleu']}")  # fmt: skip
+    if args.no_decode:
+        args.out.mkdir(parents=True, exist_ok=True)
+        summary = {"command": " ".join(sys.argv), "train": train, "pipeline_seconds": round(pipeline_seconds, 1)}
+        (args.out / f"results-{name}-train.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return
     device = torch.device(train["device"])
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -236,7 +249,7 @@ def main() -> None:
         "peak_memory_mb": train.get("peak_memory_mb"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"results-{recipe}.json"
+    out = args.out / f"results-{name}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     g, b = results["test_2016_flickr"]["greedy"], results["test_2016_flickr"]["beam5"]
     print(f"Multi30k en->de test_2016_flickr, {recipe} recipe, {budget:g} min budget on {results['device']}")

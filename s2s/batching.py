@@ -100,10 +100,18 @@ class ParallelData:
         return [max(len(s), len(t) + 1) for s, t in zip(self.src, self.tgt, strict=True)]
 
     def batches(self, batch_tokens: int, shuffle: bool, seed: int = 0) -> list[Batch]:
-        return [
-            make_batch([self.src[i] for i in idx], [self.tgt[i] for i in idx], idx)
-            for idx in bucket_indices(self.lengths(), batch_tokens, shuffle, seed)
-        ]
+        return [self.batch(idx) for idx in bucket_indices(self.lengths(), batch_tokens, shuffle, seed)]
+
+    def batch(self, index: list[int]) -> Batch:
+        """The sentences at `index` as one padded batch."""
+        return make_batch([self.src[i] for i in index], [self.tgt[i] for i in index], index)
+
+    def target_tokens(self, index: list[int]) -> int:
+        """Loss-bearing target tokens (EOS included) of the sentences at `index`, as `Batch.n_tgt_tokens` counts them."""
+        return sum(len(self.tgt[i]) + 1 for i in index)
+
+    def source_tokens(self, index: list[int]) -> int:
+        return sum(len(self.src[i]) for i in index)
 
     def count_batches(self, batch_tokens: int) -> int:
         """Batches in one epoch (shuffled epochs differ by a batch or two); cheap, no tensors built."""

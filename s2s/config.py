@@ -8,6 +8,7 @@ ignored (joeynmt's `**kwargs` weak spot).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -155,6 +156,32 @@ class ModelConfig(_Section):
 # ---------------------------------------------------------------------------- train
 
 
+class DistributedConfig(_Section):
+    """Data-parallel training launched by `torchrun` (one process, the default, needs none of this)."""
+
+    nproc_per_node: int | Literal["auto"] = 1  # processes on this machine; auto: one per visible GPU (1 without a GPU)
+    nnodes: int = Field(default=1, ge=1)  # machines taking part
+    node_rank: int = Field(default=0, ge=0)  # this machine's index; node 0 hosts rank 0, which writes every output
+    rdzv_endpoint: str | None = None  # host:port on node 0 where the machines meet (needed with nnodes > 1)
+
+    @field_validator("nproc_per_node")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _nodes(self) -> DistributedConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank ({self.node_rank}) must be below nnodes ({self.nnodes})")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of node 0)")
+        if self.rdzv_endpoint and not re.fullmatch(r"[^\s:]+:\d{1,5}", self.rdzv_endpoint):
+            raise ValueError(f"rdzv_endpoint must be host:port (got {self.rdzv_endpoint!r})")
+        return self
+
+
 class TrainConfig(_Section):
     seed: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -176,6 +203,8 @@ class TrainConfig(_Section):
     average_last: int = Field(default=0, ge=0)
     amp: Literal["off", "bf16"] = "off"
     compile: bool = False
+    accumulate: int = Field(default=1, ge=1)
+    distributed: DistributedConfig = DistributedConfig()
 
 
 # ------------------------------------------------------------------------- evaluate

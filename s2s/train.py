@@ -4,12 +4,19 @@ Writes the best checkpoint (by validation BLEU), a per-epoch CSV for `dvc
 plots` and a JSON summary. Every `checkpoint_every` steps and at each epoch's
 end it saves a resume state (model, optimizer, scheduler, RNG, progress) under
 a key of its configs and data, outside DVC's outputs, so a killed run picks up
-where it stopped and finishes as if never interrupted. Knows nothing of DVC,
-Prefect or MLflow.
+where it stopped and finishes as if never interrupted.
+
+On many processes (`s2s.distributed`, launched by torchrun) every rank builds
+the same global batches and trains on its own interleaved shard of each; the
+loss is normalised by the global batch's token count, so the averaged update
+is the one a single process would make on the whole batch. Rank 0 alone
+validates and writes; its results and decisions reach the others by
+broadcast. Knows nothing of DVC, Prefect or MLflow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -19,14 +26,16 @@ import random
 import resource
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from s2s import checkpoint
-from s2s.batching import Batch, ParallelData
+from s2s import checkpoint, distributed
+from s2s.batching import Batch, ParallelData, bucket_indices
 from s2s.config import EvaluateConfig, ModelConfig, TrainConfig
 from s2s.errors import S2SError
 from s2s.layout import MODEL_FILE, read_prepared
@@ -120,6 +129,7 @@ class Progress:
     seconds: float = 0.0  # training wall time before the last resume state was saved
     best_bleu: float = -1.0
     history: list[EpochResult] = field(default_factory=list)
+    updates: int = 0  # optimizer steps of the whole run
 
 
 def mean_tokens_per_second(history: list[EpochResult]) -> float:
@@ -144,11 +154,26 @@ def stop_early(valid_bleu: list[float], patience: int) -> bool:
     return max(valid_bleu[-patience:]) <= max(valid_bleu[:-patience])
 
 
+def split_batch(index: list[int], target_tokens: int, world: distributed.World, parts: int) -> list[tuple[list[int], float]]:
+    """This rank's `parts` micro-batches of the global batch `index`, each with its loss weight.
+
+    The weight is processes / the global batch's target tokens: gradients are averaged over processes, so the
+    weighted loss sums add up to the global batch's mean loss. A part left empty (fewer sentences than processes
+    x parts) trains a stand-in sentence at weight 0, which keeps the ranks' gradient all-reduces in step.
+    """
+    weight = world.world_size / target_tokens
+    mine = distributed.shard(index, world.rank, world.world_size)
+    micro = [distributed.shard(mine, k, parts) for k in range(parts)]
+    return [(part, weight) if part else (index[:1], 0.0) for part in micro]
+
+
 def resume_key(cfg: TrainConfig, model_cfg: ModelConfig, eval_cfg: EvaluateConfig, prepared: Path, tokenizer_dir: Path) -> str:
-    """What a resume state belongs to: the same configs, data and tokenizer, nothing else."""
-    digest = hashlib.sha256(
-        json.dumps([cfg.model_dump(), model_cfg.model_dump(), eval_cfg.model_dump()], sort_keys=True).encode()
-    )
+    """What a resume state belongs to: the same configs, data and tokenizer, nothing else.
+
+    The process layout is left out: a run killed on N processes may continue on M (the update is the same).
+    """
+    configs = [cfg.model_dump(exclude={"distributed"}), model_cfg.model_dump(), eval_cfg.model_dump()]
+    digest = hashlib.sha256(json.dumps(configs, sort_keys=True).encode())
     for path in sorted([*prepared.glob("train.*"), *prepared.glob("valid.*"), *tokenizer_dir.glob("*")]):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:24]
@@ -165,12 +190,18 @@ class Trainer:
         prepared: Path,
         tokenizer_dir: Path,
         resume_dir: Path | None = None,
+        world: distributed.World | None = None,
     ) -> None:
         seed_everything(cfg.seed)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.world = world = world or distributed.World()
         self.cfg, self.model_cfg, self.eval_cfg = cfg, model_cfg, eval_cfg
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and world.enabled:
+            self.device = torch.device("cuda", world.local_rank)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif world.enabled and self.device.type == "cpu":  # ranks on one machine share its cores, not oversubscribe them
+            torch.set_num_threads(max(1, distributed.cpu_count() // world.local_world_size))
         self.tok = Tokenizers.load(tokenizer_dir)
         self.train_data, _, self.too_long = encode_split(self.tok, prepared, "train", cfg.max_tokens)
         valid_data, valid_pairs, _ = encode_split(self.tok, prepared, "valid", cfg.max_tokens)
@@ -180,14 +211,19 @@ class Trainer:
             log.warning("left out %d training pairs longer than train.max_tokens=%d subwords", self.too_long, cfg.max_tokens)
         self.model = build_model(model_cfg, self.tok.src.get_piece_size(), self.tok.tgt.get_piece_size()).to(self.device)
         log.info("model: %s, %.2fM parameters, device %s", model_cfg.arch, self.model.num_parameters() / 1e6, self.device)
+        if world.rank:  # the same initial weights on every rank, but each its own dropout masks
+            torch.manual_seed(cfg.seed * 1000 + world.rank)
         self.progress = Progress()
         self.clock = time.perf_counter()  # training started at this perf_counter() reading (moved back on resume)
+        self.shared_elapsed = 0.0  # rank 0's elapsed() at the last step: what every rank's budget and schedule go by
+        self.resumed_at_update = 0
         self.steps_per_epoch = self.train_data.count_batches(cfg.batch_tokens)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step + 1, cfg.warmup_steps, cfg.lr_schedule, self.run_fraction())
         )
-        self.criterion = nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=cfg.label_smoothing)
+        # Summed, then divided by the global batch's token count: the same normalisation on 1 or N processes.
+        self.criterion = nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=cfg.label_smoothing, reduction="sum")
         self.valid_batches = valid_data.batches(cfg.batch_tokens, shuffle=False)
         self.bleu_pairs = valid_pairs[: cfg.valid_bleu_sentences]
         self.translator = Translator(self.model, self.tok, self.device)
@@ -195,8 +231,11 @@ class Trainer:
         self.amp = cfg.amp == "bf16" and self.device.type == "cuda"
         if cfg.amp == "bf16" and not self.amp:
             log.warning("train.amp=bf16 applies to CUDA only; training in float32 on %s", self.device)
-        # The compiled module only runs the training forward pass; saving and decoding use the plain one.
-        self.forward_model = torch.compile(self.model, dynamic=True) if cfg.compile else self.model
+        # DDP averages gradients across ranks while backward runs; buffers (position tables) never change, so no
+        # broadcast of them. The compiled module only runs the training forward pass; saving and decoding use the plain one.
+        self.ddp = DistributedDataParallel(self.model, forward_sync_buffers=False) if world.enabled else None
+        forward_model = self.ddp or self.model
+        self.forward_model = torch.compile(forward_model, dynamic=True) if cfg.compile else forward_model
         self.recent: list[dict[str, torch.Tensor]] = []  # last epochs' weights, for averaging
         self.resume_path = self.best_path = None
         if resume_dir is not None:
@@ -206,7 +245,17 @@ class Trainer:
     # ------------------------------------------------------------------ resume state
 
     def save_state(self) -> None:
+        """Save the resume state (rank 0 writes; every rank calls this, as it gathers each rank's RNG state)."""
         if self.resume_path is None:
+            return
+        rng = self.world.gather(
+            {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": list(random.getstate()[1]),
+            }
+        )
+        if not self.world.is_main:
             return
         p = self.progress
         p.seconds = self.elapsed()
@@ -214,57 +263,85 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python_rng": list(random.getstate()[1]),
+            "rng": rng,
             "progress": {**asdict(p), "history": [asdict(h) for h in p.history]},
         }
         checkpoint.atomic_torch_save(state, self.resume_path)
 
-    def load_state(self) -> bool:
+    def read_state(self) -> dict[str, object] | None:
         if self.resume_path is None or not self.resume_path.is_file():
-            return False
+            return None
         try:
             state = torch.load(self.resume_path, map_location="cpu", weights_only=True)
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
+            for key in ("model", "optimizer", "scheduler", "rng", "progress"):
+                state[key]
+        except (RuntimeError, OSError, EOFError, KeyError, ValueError, TypeError) as err:
             log.warning("ignoring unreadable resume state %s: %s", self.resume_path, err)
+            return None
+        return state
+
+    def load_state(self) -> bool:
+        """Continue from the resume state rank 0 reads; every rank gets the same one."""
+        state = self.world.broadcast(self.read_state() if self.world.is_main else None)
+        if state is None:
             return False
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        random.setstate((3, tuple(state["python_rng"]), None))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         progress = dict(state["progress"])
         progress["history"] = [EpochResult(**h) for h in progress["history"]]
         self.progress = Progress(**progress)
+        rank = self.world.rank
+        if rank < len(state["rng"]):
+            rng = state["rng"][rank]
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            random.setstate((3, tuple(rng["python"]), None))
+        else:  # saved by a run on fewer processes: a fresh stream for this rank, still reproducible
+            seed_everything(self.cfg.seed * 1000 + rank + 7919 * self.progress.step)
         log.info("resuming from %s: epoch %d, step %d", self.resume_path, self.progress.epoch, self.progress.step)
         return True
 
     # --------------------------------------------------------------------- training
 
-    def train_step(self, batch: Batch, epoch: int, step: int) -> None:
-        cfg, p = self.cfg, self.progress
-        try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = batch_loss(self.forward_model, batch, self.criterion, cfg.teacher_forcing)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr or check the data")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        except torch.cuda.OutOfMemoryError:
-            raise TrainingError(
-                f"CUDA out of memory at epoch {epoch} step {step} (a batch of {batch.src.numel() + batch.tgt_in.numel()} "
-                f"padded tokens): lower train.batch_tokens (now {cfg.batch_tokens})"
-            ) from None
+    def train_step(self, index: list[int], epoch: int, step: int) -> None:
+        """One update on the global batch `index` (sentence positions in the training data)."""
+        cfg, p, world = self.cfg, self.progress, self.world
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = split_batch(index, self.train_data.target_tokens(index), world, cfg.accumulate)
+        loss_sum = torch.zeros((), device=self.device)
+        for k, (part, weight) in enumerate(micro):
+            batch = self.train_data.batch(part).to(self.device)
+            # Gradients are all-reduced after the last micro-batch only.
+            sync = self.ddp.no_sync() if self.ddp is not None and k < len(micro) - 1 else contextlib.nullcontext()
+            try:
+                with sync:
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                        loss = batch_loss(self.forward_model, batch, self.criterion, cfg.teacher_forcing)
+                    (loss * weight).backward()
+            except torch.cuda.OutOfMemoryError:
+                raise TrainingError(
+                    f"CUDA out of memory at epoch {epoch} step {step} (a micro-batch of "
+                    f"{batch.src.numel() + batch.tgt_in.numel()} padded tokens): lower train.batch_tokens "
+                    f"(now {cfg.batch_tokens}) or raise train.accumulate (now {cfg.accumulate})"
+                ) from None
+            if weight:
+                loss_sum += loss.detach().float()
+        # One small all-reduce: the global loss (so every rank sees a NaN and stops at the same step) and rank 0's
+        # clock (so every rank's time budget and learning-rate schedule agree).
+        elapsed = self.elapsed() if world.is_main else 0.0
+        total, self.shared_elapsed = world.sum([float(loss_sum), elapsed], self.device)
+        if not math.isfinite(total):
+            raise TrainingError(f"loss is {total} at epoch {epoch} step {step}; lower train.lr or check the data")
         nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
         self.scheduler.step()
-        n_tgt = batch.n_tgt_tokens
-        p.tokens += n_tgt + batch.n_src_tokens
-        p.loss_sum += loss.item() * n_tgt
+        n_tgt = self.train_data.target_tokens(index)
+        p.tokens += n_tgt + self.train_data.source_tokens(index)
+        p.loss_sum += total
         p.loss_tokens += n_tgt
+        p.updates += 1
 
     def validate(self, epoch: int, seconds: float) -> EpochResult:
         p = self.progress
@@ -286,22 +363,29 @@ class Trainer:
         )  # fmt: skip
         return result
 
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The global batches of `epoch` (sentence positions): the same on every rank, new for every epoch."""
+        return bucket_indices(self.train_data.lengths(), self.cfg.batch_tokens, shuffle=True, seed=self.cfg.seed * 1000 + epoch)
+
     def fit(self, out_dir: Path, curve_path: Path, summary_path: Path) -> dict[str, object]:
-        cfg = self.cfg
-        if self.load_state() and self.best_path is not None and self.best_path.is_file():
+        cfg, world = self.cfg, self.world
+        resumed = self.load_state()
+        self.resumed_at_update = self.progress.updates if resumed else 0
+        if resumed and world.is_main and self.best_path is not None and self.best_path.is_file():
             out_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.best_path, out_dir / MODEL_FILE)
         self.clock = time.perf_counter() - self.progress.seconds  # the budget counts time before a resume too
+        self.shared_elapsed = self.progress.seconds
         while self.progress.epoch <= cfg.epochs:
             p, epoch = self.progress, self.progress.epoch
             self.model.train()
-            batches = self.train_data.batches(cfg.batch_tokens, shuffle=True, seed=cfg.seed * 1000 + epoch)
+            batches = self.epoch_batches(epoch)
             report_every = max(1, len(batches) // 5)
             epoch_start = time.perf_counter() - p.epoch_seconds
             for step in range(p.step + 1, len(batches) + 1):
-                self.train_step(batches[step - 1].to(self.device), epoch, step)
+                self.train_step(batches[step - 1], epoch, step)
                 p.step = step
-                if self.out_of_time():
+                if self.out_of_time(self.agreed_elapsed()):
                     log.info(
                         "train.max_minutes=%g reached at epoch %d step %d: validating and stopping", cfg.max_minutes, epoch, step
                     )
@@ -317,23 +401,40 @@ class Trainer:
                         p.tokens / (time.perf_counter() - epoch_start), _fmt_seconds(elapsed),
                         _fmt_seconds(elapsed * (1 - fraction) / max(fraction, 1e-9)),
                     )  # fmt: skip
-            result = self.validate(epoch, time.perf_counter() - epoch_start)
+            # Rank 0 validates and writes; the others wait for its result, so every rank keeps the same history.
+            with self.all_local_cores():
+                result = self.validate(epoch, time.perf_counter() - epoch_start) if world.is_main else None
+            result = world.broadcast(result)
             p.history.append(result)
             if result.valid_bleu >= p.best_bleu:
                 p.best_bleu = result.valid_bleu
-                self.save_checkpoint(out_dir, {"epoch": epoch, "valid_bleu": result.valid_bleu})
-                if self.best_path is not None:  # DVC clears out_dir before a re-run; a resumed run needs this copy
-                    self.best_path.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(out_dir / MODEL_FILE, self.best_path)
-            write_curve(curve_path, p.history)
-            self.remember_weights()
-            self.progress = Progress(epoch=epoch + 1, best_bleu=p.best_bleu, history=p.history)
-            if self.out_of_time() or self.patience_exhausted():
+                if world.is_main:
+                    self.save_checkpoint(out_dir, {"epoch": epoch, "valid_bleu": result.valid_bleu})
+                    if self.best_path is not None:  # DVC clears out_dir before a re-run; a resumed run needs this copy
+                        self.best_path.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(out_dir / MODEL_FILE, self.best_path)
+            if world.is_main:
+                write_curve(curve_path, p.history)
+                self.remember_weights()
+            self.progress = Progress(epoch=epoch + 1, best_bleu=p.best_bleu, history=p.history, updates=p.updates)
+            if world.broadcast(self.out_of_time(self.elapsed()) or self.patience_exhausted()):  # rank 0 decides
                 break
             if epoch < cfg.epochs:
                 self.save_state()
-        self.try_average(out_dir)
+        if world.is_main:
+            self.try_average(out_dir)
         return self.finish(summary_path)
+
+    @contextlib.contextmanager
+    def all_local_cores(self) -> Iterator[None]:
+        """On CPU, rank 0 validates with the whole machine's threads: the other ranks only wait meanwhile."""
+        threads = torch.get_num_threads()
+        if self.world.is_main and self.world.enabled and self.device.type == "cpu" and not self.cfg.threads:
+            torch.set_num_threads(distributed.cpu_count())
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def save_checkpoint(self, out_dir: Path, extra: dict[str, object]) -> None:
         """The model with its config, and the training config that made it (the registry logs what trained)."""
@@ -344,16 +445,20 @@ class Trainer:
         """Seconds of training so far, across resumes."""
         return time.perf_counter() - self.clock
 
+    def agreed_elapsed(self) -> float:
+        """Training seconds that every rank agrees on: this clock on one process, rank 0's at the last step on many."""
+        return self.shared_elapsed if self.world.enabled else self.elapsed()
+
     def run_fraction(self) -> float:
         """How much of the run is done: steps over `epochs` epochs, or the time budget if that is further along."""
         p = self.progress
         fraction = ((p.epoch - 1) * self.steps_per_epoch + p.step) / (self.cfg.epochs * self.steps_per_epoch)
         if self.cfg.max_minutes:
-            fraction = max(fraction, self.elapsed() / (60 * self.cfg.max_minutes))
+            fraction = max(fraction, self.agreed_elapsed() / (60 * self.cfg.max_minutes))
         return min(fraction, 1.0)
 
-    def out_of_time(self) -> bool:
-        return bool(self.cfg.max_minutes) and self.elapsed() > 60 * self.cfg.max_minutes
+    def out_of_time(self, elapsed: float) -> bool:
+        return bool(self.cfg.max_minutes) and elapsed > 60 * self.cfg.max_minutes
 
     def patience_exhausted(self) -> bool:
         if stop_early([r.valid_bleu for r in self.progress.history], self.cfg.patience):
@@ -385,19 +490,26 @@ class Trainer:
             self.save_checkpoint(out_dir, {"averaged_epochs": len(self.recent), "valid_bleu": bleu})
 
     def finish(self, summary_path: Path) -> dict[str, object]:
-        history = self.progress.history
+        history, processes = self.progress.history, self.world.world_size
+        tokens_per_second = mean_tokens_per_second(history)
         summary: dict[str, object] = {
             "epochs": len(history),
             "best_valid_bleu": self.progress.best_bleu,
             "best_epoch": max(history, key=lambda r: (r.valid_bleu, r.epoch)).epoch,
+            "updates": self.progress.updates,
+            "resumed_at_update": self.resumed_at_update,  # 0: trained in one go
             "train_pairs": len(self.train_data),
             "train_pairs_too_long": self.too_long,
             "parameters": self.model.num_parameters(),
             "train_seconds": round(sum(r.seconds for r in history), 1),
-            "tokens_per_second": round(mean_tokens_per_second(history), 1),
+            "tokens_per_second": round(tokens_per_second, 1),  # all processes together
+            "processes": processes,
+            "tokens_per_second_per_process": round(tokens_per_second / processes, 1),
             "device": str(self.device),
-            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),  # rank 0's
         }
+        if not self.world.is_main:
+            return summary
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         for path in (self.resume_path, self.best_path):
@@ -416,9 +528,11 @@ def train(
     curve_path: Path,
     summary_path: Path,
     resume_dir: Path | None = None,
+    world: distributed.World | None = None,
 ) -> dict[str, object]:
     """Train, validate every epoch, keep the best checkpoint; resumes a killed run from `resume_dir`."""
-    return Trainer(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir, resume_dir).fit(out_dir, curve_path, summary_path)
+    trainer = Trainer(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir, resume_dir, world)
+    return trainer.fit(out_dir, curve_path, summary_path)
 
 
 def write_curve(path: Path, history: list[EpochResult]) -> None:

@@ -1,26 +1,40 @@
-"""Stage `train`: the model, its checkpoint, and per-epoch curves."""
+"""Stage `train`: the model, its checkpoint, and per-epoch curves.
+
+With `train.distributed` asking for more than one process, this stage
+re-executes itself under `torchrun`; each worker joins the process group and
+trains its shard, and rank 0 writes the stage's outputs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from s2s import train
+from s2s import distributed, train
 from s2s.config import Params
+from s2s.layout import stage
 from s2s.stages import stage_main
 
 
 def _run(args: argparse.Namespace, params: Params) -> None:
-    train.train(
-        params.train,
-        params.model,
-        params.evaluate.for_validation(),  # the evaluate keys this stage declares in s2s.layout, no others
-        args.data,
-        args.tokenizer,
-        args.out,
-        args.curve,
-        args.summary,
-        args.resume_dir,
-    )
+    if distributed.needs_launch(params.train.distributed):
+        distributed.launch(params.train.distributed, stage("train").module, sys.argv[1:])  # does not return
+    world = distributed.init(params.train.device)
+    try:
+        train.train(
+            params.train,
+            params.model,
+            params.evaluate.for_validation(),  # the evaluate keys this stage declares in s2s.layout, no others
+            args.data,
+            args.tokenizer,
+            args.out,
+            args.curve,
+            args.summary,
+            args.resume_dir,
+            world,
+        )
+    finally:
+        distributed.shutdown()
 
 
 def main() -> None:
