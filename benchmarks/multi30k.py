@@ -44,60 +44,8 @@ from s2s.tokenizer import PAD  # noqa: E402
 from s2s.train import batch_loss, encode_split  # noqa: E402
 from s2s.translate import Translator  # noqa: E402
 
-TRANSFORMER = {
-    "arch": "transformer",
-    "transformer": {
-        "d_model": 256, "heads": 4, "encoder_layers": 3, "decoder_layers": 3, "ff": 1024, "dropout": 0.1,
-        "attention_dropout": 0.0, "activation_dropout": 0.0, "share_embeddings": True, "tie_output": True,
-    },
-}  # fmt: skip
-# The learning rate follows a cosine from its peak to 0 at the end of the time budget, so the run ends on a
-# settled model whatever the budget; Adam's beta2 0.98 is the Transformer's usual, steadier at a high peak rate.
-COMMON_TRAIN = {"lr_schedule": "cosine", "adam_betas": [0.9, 0.98], "label_smoothing": 0.1, "clip": 1.0}
-RECIPES: dict[str, dict[str, Any]] = {
-    # 2 CPU cores: the baselines' model size (d 256, 3+3 layers, 8k joint BPE). Small batches (~4,000
-    # source+target tokens) and a short warm-up, because a budget of minutes allows only ~250 updates an epoch.
-    "cpu": {
-        "model": TRANSFORMER,
-        "train": {
-            **COMMON_TRAIN,
-            "device": "cpu",
-            "epochs": 100,
-            "batch_tokens": 2000,
-            "lr": 0.0015,
-            "warmup_steps": 150,
-            "patience": 5,
-            "average_last": 3,
-        },
-    },
-    # One GPU: a wider model, bigger batches, bf16 and torch.compile.
-    "gpu": {
-        "model": {
-            "arch": "transformer",
-            "transformer": {
-                **TRANSFORMER["transformer"],
-                "d_model": 512,
-                "dropout": 0.3,
-                "heads": 8,
-                "encoder_layers": 6,
-                "decoder_layers": 6,
-                "ff": 2048,
-            },
-        },
-        "train": {
-            **COMMON_TRAIN,
-            "device": "cuda",
-            "epochs": 200,
-            "batch_tokens": 12000,
-            "lr": 0.001,
-            "warmup_steps": 1000,
-            "patience": 8,
-            "average_last": 5,
-            "amp": "bf16",
-            "compile": True,
-        },
-    },
-}
+# The recipes are the presets users run (`s2s run --preset transformer-cpu`): one copy of each.
+RECIPES = {"cpu": "transformer-cpu", "gpu": "transformer-gpu"}
 
 
 def matmul_gflops(device: torch.device, seconds: float = 3.0, n: int = 2048) -> float:
@@ -171,13 +119,14 @@ def main() -> None:
     args = parser.parse_args()
 
     recipe = "gpu" if args.gpu else "cpu"
-    budget = 20.0 if args.gpu else args.cpu_budget
     preset = yaml.safe_load((REPO / "presets/multi30k.yaml").read_text())
+    recipe_values = yaml.safe_load((REPO / "presets" / f"{RECIPES[recipe]}.yaml").read_text())
+    budget = recipe_values["train"]["max_minutes"] if args.gpu else args.cpu_budget
     files = {split: {side: {"path": str((args.data / f"{name}.{lang}.gz").resolve()),
                             "sha256": preset["ingest"]["files"][split][side]["sha256"]}
                      for side, lang in (("src", "en"), ("tgt", "de"))}
              for split, name in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr"))}  # fmt: skip
-    params = deep_merge(preset, {"ingest": {"files": files}, **RECIPES[recipe]})
+    params = deep_merge(deep_merge(preset, recipe_values), {"ingest": {"files": files}})
     train_options = {"max_minutes": budget, "threads": args.threads, "distributed": {"nproc_per_node": args.nproc}}
     params = deep_merge(params, {"train": train_options, "remote": {"push": False}})
     name = recipe if args.nproc == 1 else f"{recipe}-{args.nproc}proc"

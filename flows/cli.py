@@ -6,13 +6,12 @@ import argparse
 import contextlib
 import logging
 import os
-import shutil
+import signal
 import sys
 from pathlib import Path
 
 from s2s.layout import EVAL_METRICS, MODEL_DIR, MODEL_FILE, PARAMS_FILE, TOKENIZER_DIR
 
-PRESETS = Path(__file__).resolve().parent.parent / "presets"
 # `--params` used to log one file while the DVC stages trained on params.yaml; it is refused rather than kept half true.
 PARAMS_GONE = (
     "--params is no longer accepted: the DVC stages always read {params}, so another file would train on {params} while "
@@ -32,24 +31,36 @@ def _run(args: argparse.Namespace) -> int:
         return refused
     workspace = Path(args.workspace).resolve()
     if args.preset:
-        given = Path(args.preset)
-        preset = given if given.suffix in (".yaml", ".yml") else PRESETS / f"{args.preset}.yaml"
-        if not preset.is_file():
-            names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
-            print(f"s2s: no preset {args.preset!r}; available: {', '.join(names)} (or a path to a params file)", file=sys.stderr)
+        from flows import presets
+
+        try:
+            chosen = [presets.find(name) for name in args.preset]  # every one validated before params.yaml changes
+            changed = presets.apply(workspace / PARAMS_FILE, chosen)
+        except presets.PresetError as err:
+            print(f"s2s: {err}", file=sys.stderr)
             return 2
-        from s2s.config import load_params
+        names = " + ".join(p.name for p in chosen)
+        if changed:
+            print(f"s2s: {PARAMS_FILE} <- preset {names}: {len(changed)} value(s) changed (git diff shows them):")
+            print("\n".join(f"  {line}" for line in changed))
+        else:
+            print(f"s2s: {PARAMS_FILE} already has every value of preset {names}")
 
-        load_params(preset)  # a bad file is refused before it replaces params.yaml
-        # A preset is a complete params file; writing it to params.yaml keeps DVC's view true.
-        shutil.copyfile(preset, workspace / PARAMS_FILE)
-        print(f"s2s: {PARAMS_FILE} <- {args.preset} (git diff shows the change)")
+    from flows.pipeline import EXPECTED, Stop, pipeline, quiet_console, request_stop  # Prefect only when a flow runs
 
-    from flows.pipeline import pipeline  # Prefect is imported only when a flow runs
-
+    if not args.verbose:
+        quiet_console()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # a clean stop: the stage saves its state, its outputs go back
+        signal.signal(signum, request_stop)
     state = pipeline(workspace=str(workspace), force=args.force, return_state=True)
+    if Stop.signum:
+        where = Stop.notice or "before training started; run again to continue"
+        print(f"\ns2s: {signal.Signals(Stop.signum).name}: {where}", file=sys.stderr)
+        return 128 + Stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     if not state.is_completed():
-        print(f"\ns2s: pipeline {state.name.lower()}: {state.message}", file=sys.stderr)
+        error = state.result(raise_on_failure=False)
+        told = str(error) if isinstance(error, EXPECTED) else state.message  # an expected failure's message says it all
+        print(f"\ns2s: run failed (exit code 1): {told}", file=sys.stderr)
         return 1
     result = state.result()
     reg, metrics = result["registered"], result["metrics"]
@@ -70,6 +81,17 @@ def _run(args: argparse.Namespace) -> int:
             ]
         )
     )
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from flows import presets
+
+    found = presets.available()
+    width = max(len(p.name) for p in found)
+    for preset in found:
+        sections = ", ".join(preset.values)
+        print(f"{preset.name:<{width}}  {preset.summary}  [{sections}]")
     return 0
 
 
@@ -98,15 +120,26 @@ def _schedule(args: argparse.Namespace) -> int:
 
 def _translate(args: argparse.Namespace) -> int:
     """Translate arguments or a file with a registered model (any models:/ URI) or a local checkpoint."""
+    from pydantic import ValidationError
     from tqdm import tqdm
 
-    from s2s.config import EvaluateConfig
+    from s2s.config import EvaluateConfig, format_validation_error
 
     lines = Path(args.input).read_text(encoding="utf-8").splitlines() if args.input else args.text
     if not lines:
         print("s2s translate: give text arguments or --input FILE", file=sys.stderr)
         return 2
-    cfg = EvaluateConfig(beam_size=max(args.beam, args.n_best), batch_size=args.batch_size)
+    # Only the options given: a registered model decodes as registered for the rest, a local one with the defaults.
+    options = {"beam_size": args.beam, "length_penalty": args.length_penalty, "max_len_a": args.max_len_a,
+               "max_len_b": args.max_len_b}  # fmt: skip
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.n_best > 1:
+        options["beam_size"] = max(options.get("beam_size", 1), args.n_best)
+    try:
+        cfg = EvaluateConfig(**options, batch_size=args.batch_size)
+    except ValidationError as err:  # refused before any model loads, naming the option
+        print(format_validation_error(err, EvaluateConfig, "s2s translate"), file=sys.stderr)
+        return 2
     if ":/" in args.model:  # models:/NAME/VERSION, models:/NAME@ALIAS, runs:/..., file:/...
         import mlflow.pyfunc
 
@@ -116,13 +149,19 @@ def _translate(args: argparse.Namespace) -> int:
         uri = tracking_uri(RegistryConfig(tracking_uri=args.tracking_uri), Path.cwd())
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        if args.n_best > 1:
-            print("s2s translate: --n-best needs a local model folder", file=sys.stderr)
+        if args.n_best > 1:  # a registered model answers one string per sentence
+            print("s2s translate: --n-best needs a local model folder (a registered model returns one translation per "
+                  "sentence)", file=sys.stderr)  # fmt: skip
             return 2
         model = mlflow.pyfunc.load_model(args.model)
+        if options and model.metadata.get_params_schema() is None:
+            print(f"s2s translate: {args.model} was registered before models took decoding options, so "
+                  f"{', '.join('--' + k.replace('_', '-') for k in options)} would be ignored; it decodes as registered. "
+                  "Drop the option(s), or translate with a local model folder.", file=sys.stderr)  # fmt: skip
+            return 2
 
         def translate(chunk: list[str], offset: int) -> list[str]:
-            return [str(t) for t in model.predict(chunk)]
+            return [str(t) for t in model.predict(chunk, params=options or None)]
     else:
         from s2s.translate import Translator
 
@@ -224,12 +263,18 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s2s", description="Train, evaluate, register and use seq2seq translation models.")
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's tracebacks and restatements of a failure too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the whole pipeline (DVC stages, MLflow registration, DVC push) as a Prefect flow")
     run.add_argument("--workspace", default=".", help="folder with dvc.yaml and params.yaml (default: .)")
     run.add_argument("--params", help=argparse.SUPPRESS)  # refused with a reason: see PARAMS_GONE
-    run.add_argument("--preset", help=f"write presets/NAME.yaml (e.g. multi30k) or a params FILE to {PARAMS_FILE} first")
+    run.add_argument(
+        "--preset",
+        action="append",
+        help=f"apply presets/NAME.yaml (`s2s presets` lists them) or a params FILE over {PARAMS_FILE} first; "
+        "repeat to combine (a later one wins a key both set)",
+    )
     run.add_argument("--force", action="store_true", help="re-run every stage even if DVC says nothing changed")
     run.set_defaults(func=_run)
 
@@ -241,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     sch.add_argument("--force", action="store_true", help="retrain on every run, even when nothing changed")
     sch.set_defaults(func=_schedule)
 
+    ps = sub.add_parser("presets", help="list the presets: tested recipes and datasets for `s2s run --preset NAME`")
+    ps.set_defaults(func=_presets)
+
     tr = sub.add_parser("translate", help="translate text with a registered model or a local checkpoint")
     tr.add_argument("text", nargs="*", help="sentences to translate")
     tr.add_argument("--model", default=MODEL_DIR, help="models:/NAME/VERSION, models:/NAME@ALIAS, or a model folder")
@@ -250,8 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     tr.add_argument("--input", help="file with one sentence per line")
     tr.add_argument("--output", help="write translations here instead of stdout")
-    tr.add_argument("--beam", type=int, default=1, help="beam size (local model folders; registered models decode as registered)")
-    tr.add_argument("--n-best", type=int, default=1, help="hypotheses per sentence (local checkpoints; beam >= n)")
+    # Unset options keep a registered model's own settings (how it was evaluated); a local folder uses the defaults.
+    tr.add_argument("--beam", type=int, help="beam size (1 = greedy; default: as registered, or 1)")
+    tr.add_argument("--length-penalty", type=float, help="GNMT length-penalty alpha for beam search (default: as registered)")
+    tr.add_argument("--max-len-a", type=float, help="output limit = a * source length + b subwords (default: as registered)")
+    tr.add_argument("--max-len-b", type=int, help="the b of that limit (default: as registered)")
+    tr.add_argument("--n-best", type=int, default=1, help="hypotheses per sentence (local model folders; beam >= n)")
     tr.add_argument("--batch-size", type=int, default=64)
     tr.set_defaults(func=_translate)
 

@@ -11,7 +11,9 @@ import contextlib
 import csv
 import fcntl
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -27,17 +29,21 @@ from prefect.runtime import flow_run
 
 from s2s import layout
 from s2s.config import Params, PromoteConfig, RegistryConfig, load_params
+from s2s.errors import S2SError
+from s2s.promotion import Floor
 from s2s.registry import (
     DECISION_TAG,
     REASON_TAG,
     Registered,
     RunInputs,
+    cached_score,
     connect,
     is_server,
     lineage_key,
     register,
     run_gate,
     score_model,
+    score_tag,
     tracking_uri,
 )
 
@@ -59,6 +65,32 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 # No usage telemetry from unattended runs (they often have no way out, and a failed send only adds noise).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+EXPECTED = (StageFailed, WorkspaceBusy, RegistryUnavailable, S2SError)  # failures whose message is the whole story
+
+
+class OneMessage(logging.Filter):
+    """For the console of `s2s run`: an expected failure is stated once, by the command itself, without a traceback.
+
+    Prefect logs a failed task and flow with their tracebacks, then the final state restating the message; the
+    Prefect API (the UI, a worker's log) still gets all of it. `s2s --verbose` leaves this filter off.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, EXPECTED):
+            return False
+        message = record.getMessage()
+        return not message.startswith("Finished in state Failed(")  # the command states the failure itself
+
+
+def quiet_console() -> None:
+    """Install OneMessage on the console handlers of Prefect's loggers."""
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # Prefect's console handler is the root's
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.addFilter(OneMessage())
 
 
 @contextlib.contextmanager
@@ -95,20 +127,68 @@ def _env() -> dict[str, str]:
     return env
 
 
+DVC_HINTS = ("To track the changes with git", "To enable auto staging", "Use `dvc push` to send")
+DVC_STAGE_ERROR = "ERROR: failed to reproduce"  # DVC's restatement of a stage's failure; the stage said it first
+
+
+class Stop:
+    """A stop asked of this process (SIGINT/SIGTERM, see `request_stop`): passed on to the running commands."""
+
+    signum: ClassVar[int] = 0
+    notice: ClassVar[str] = ""  # the stage's line saying where it stopped: "stopped at epoch 2, step 40; run again ..."
+    children: ClassVar[set[subprocess.Popen[str]]] = set()
+
+
+def request_stop(signum: int, frame: object = None) -> None:
+    """A signal handler for `s2s run`: pass the signal to each running command's whole process group (the train
+    stage saves its resume state and exits), and let the flow fail on that stage, which puts its outputs back."""
+    Stop.signum = signum
+    for child in list(Stop.children):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)
+
+
 def run_logged(args: list[str], cwd: Path, what: str) -> list[str]:
     """Run a command, forwarding every output line to the Prefect log as it comes."""
     logger = get_run_logger()
     logger.info("$ %s", " ".join(args))
+    if Stop.signum:
+        raise StageFailed(f"{what} not started: stopping on signal {Stop.signum}")
     lines: list[str] = []
     with subprocess.Popen(
-        args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc:
+        args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        start_new_session=True,  # its own process group, so that a stop reaches DVC and the stage it runs alike
+    ) as proc:  # fmt: skip
+        Stop.children.add(proc)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            lines.append(line)
-            logger.info("%s | %s", what, line)
+
+        def follow() -> None:
+            hint = False
+            for line in proc.stdout:  # type: ignore[union-attr]
+                line = line.rstrip()
+                lines.append(line)
+                # DVC's advice to `git add`/`dvc push` (the flow pushes; committing is the user's call) is not shown.
+                hint = line.startswith(DVC_HINTS) or (hint and (not line or line.startswith("\t")))
+                if line and not hint and not line.startswith(DVC_STAGE_ERROR):
+                    logger.info("%s | %s", what, line)
+                if "run again to resume" in line:
+                    Stop.notice = line.split(": ", 1)[-1]
+
+        try:
+            follow()
+        except BaseException as stop:  # Prefect turns SIGTERM into TerminationSignal; Ctrl-C outside `s2s run`
+            signum = getattr(stop, "signal", signal.SIGINT if isinstance(stop, KeyboardInterrupt) else 0)
+            if not signum:
+                raise
+            request_stop(signum)  # the command stops cleanly (the train stage saves its state); wait for it
+            follow()
+        finally:
+            Stop.children.discard(proc)
     if proc.returncode != 0:
+        # The stage's own error line says what went wrong (file, line, key); without one, the output's end.
+        own = [line.split(": ", 1)[-1] for line in lines if " ERROR s2s." in line]
+        if own:
+            raise StageFailed(own[-1])
         tail = "\n".join(lines[-25:])
         raise StageFailed(f"{what} failed with exit code {proc.returncode}:\n{tail}")
     return lines
@@ -153,8 +233,31 @@ def dvc_stage(workspace: Path, stage: str, force: bool = False) -> bool:
     args = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     if force:
         args.append("--force")
-    run_logged(args, workspace, stage)
+    # DVC deletes a stage's outputs before running it; uncached ones (metrics, plots) are not in its cache to restore.
+    uncached = {path: (workspace / path).read_bytes() for path in layout.stage(stage).uncached if (workspace / path).is_file()}
+    try:
+        run_logged(args, workspace, stage)
+    except StageFailed as err:
+        raise StageFailed(f"{err}\n{restore_outputs(workspace, stage, uncached)}") from None
     return ran
+
+
+def restore_outputs(workspace: Path, stage: str, uncached: dict[str, bytes]) -> str:
+    """Put a failed stage's last good outputs back: cached ones from the DVC cache (as dvc.lock records them), the
+    uncached ones from the copy taken before it ran. Returns what was done, for the failure message."""
+    for path, content in uncached.items():
+        (workspace / path).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / path).write_bytes(content)
+    outs = layout.stage(stage).outs
+    lock = read_lock(workspace) if (workspace / layout.LOCK_FILE).is_file() else layout.LockView()
+    if not all(out in lock.outs for out in outs):
+        return f"{stage} had not succeeded here before: there were no earlier outputs to put back"
+    out = subprocess.run([sys.executable, "-m", "dvc", "checkout", "--force", stage], cwd=workspace, env=_env(),
+                         capture_output=True, text=True)  # fmt: skip
+    if out.returncode != 0:
+        return f"putting back {stage}'s last good outputs failed too: {out.stderr.strip()[-500:]}"
+    kept = ", ".join([*outs, *uncached])
+    return f"{stage}'s last good outputs are back in place ({kept}), as dvc.lock records them: nothing was lost"
 
 
 def read_lock(workspace: Path) -> layout.LockView:
@@ -164,7 +267,23 @@ def read_lock(workspace: Path) -> layout.LockView:
     return layout.LockView.from_lock(json.loads(json.dumps(load_yaml(workspace / layout.LOCK_FILE))))  # plain dicts
 
 
-@task(name="register", retries=2, retry_delay_seconds=5)
+def lock_holders(path: Path) -> str:
+    """Which other processes have `path` open (pid and command line), read from /proc; "another process" if unknown."""
+    holders = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        pid = int(fd_dir.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if any(os.path.realpath(fd) == str(path.resolve()) for fd in fd_dir.iterdir()):
+                cmdline = (fd_dir.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                holders.append(f"pid {pid} ({cmdline[:120]})")
+        except OSError:  # gone, or not ours to read
+            continue
+    return ", ".join(holders) or "another process"
+
+
+@task(name="register", retries=2, retry_delay_seconds=[5, 20])  # backoff: a lock held for a moment is waited out
 def register_model(workspace: Path, registry: RegistryConfig) -> Registered:
     """Log the run and register its model, with the params and hashes dvc.lock recorded: what really ran."""
     lock = read_lock(workspace)
@@ -185,15 +304,21 @@ def register_model(workspace: Path, registry: RegistryConfig) -> Registered:
         f"tokenizer {stage_hashes.get('dvc.tokenizer.tokenizer', '?')} (dvc.lock md5). "
         "`s2s restore VERSION` puts its data, tokenizer and model files back from the DVC remote."
     )
+    uri = tracking_uri(registry, workspace)
+    kept = "The trained model is kept in the DVC cache; run the pipeline again once {} and it registers without retraining."
     try:
         result = register(inputs, key, tags, description)
-    except Exception as err:  # MLflow raises its own, requests' and OS errors for an unreachable server
-        if type(err).__name__ not in ("MlflowException", "ConnectionError", "RestException") and not isinstance(err, OSError):
+    except Exception as err:  # MLflow raises its own, SQLAlchemy's, requests' and OS errors for a store it cannot use
+        if "database is locked" in str(err) and uri.startswith("sqlite:///"):
+            database = uri[len("sqlite:///") :]
+            raise RegistryUnavailable(
+                f"the MLflow registry database {database} is locked by {lock_holders(Path(database))}. "
+                + kept.format("it is free")
+            ) from None
+        known = ("MlflowException", "ConnectionError", "RestException", "OperationalError")
+        if type(err).__name__ not in known and not isinstance(err, OSError):
             raise
-        raise RegistryUnavailable(
-            f"MLflow registry at {tracking_uri(registry, workspace)} failed: {err}. The trained model is kept in the DVC "
-            "cache; run the pipeline again once MLflow is back and it registers the model without retraining."
-        ) from err
+        raise RegistryUnavailable(f"MLflow registry at {uri} failed: {err}. " + kept.format("MLflow is back")) from err
     get_run_logger().info(
         "%s %s version %s (run %s)",
         "registered" if result.created else "already registered",
@@ -227,14 +352,27 @@ def promotion_gate(workspace: Path, registry: RegistryConfig, promote: PromoteCo
         return {"decision": f"unchanged ({tags[DECISION_TAG]})", "reason": tags.get(REASON_TAG, "")}
     pairs = layout.read_prepared(workspace / layout.PREPARED_DIR, "test")
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
-    metric = promote.metric
+    metric, tag = promote.metric, score_tag(sources, references, promote.metric)
+    # The evaluate stage has just scored this very model, decoding as it was registered to, on this test set.
+    evaluated = json.loads((workspace / layout.EVAL_METRICS).read_text())
+
+    def decode(version: str) -> float:
+        def progress(done: int, total: int) -> None:
+            logger.info("v%s: decoding the test set for the gate: %d/%d sentences (%d%%)", version, done, total,
+                        100 * done // total)  # fmt: skip
+
+        return score_model(f"models:/{registered.name}/{version}", sources, references, metric, progress)
 
     def scorer(version: str) -> float:
-        value = score_model(f"models:/{registered.name}/{version}", sources, references, metric)
+        if version == registered.version:
+            value = cached_score(client, registered.name, version, tag, lambda: float(evaluated[metric]))
+        else:  # decoded once per version and test set, then read from the version's tag
+            value = cached_score(client, registered.name, version, tag, lambda: decode(version))
         logger.info("v%s: test %s %.2f", version, metric, value)
         return value
 
-    decision = run_gate(client, registered.name, registered.version, metric, promote.margin, scorer)
+    floor = Floor(copy_source=float(evaluated[f"copy_source_{metric}"]), min_score=promote.min_score)
+    decision = run_gate(client, registered.name, registered.version, metric, promote.margin, scorer, floor)
     logger.info("gate: %s", decision.reason)
     return {"decision": "promoted" if decision.promote else "rejected", **asdict(decision)}
 

@@ -245,6 +245,7 @@ class PromoteConfig(_Section):
     enabled: bool = True
     metric: Literal["bleu", "chrf"] = "bleu"
     margin: float = Field(default=0.0, ge=0.0)
+    min_score: float = Field(default=0.0, ge=0.0)
 
 
 class RemoteConfig(_Section):

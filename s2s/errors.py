@@ -5,3 +5,11 @@ from __future__ import annotations
 
 class S2SError(Exception):
     """An expected failure; its message is meant for the user, so no traceback is needed."""
+
+
+class Interrupted(S2SError):
+    """Stopped on a signal (SIGINT, SIGTERM) after saving what a rerun needs; the process exits 128 + signum."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

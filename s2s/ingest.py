@@ -99,7 +99,9 @@ def fetch(location: Location, workspace: Path, download_dir: Path, timeout: floa
         path = Path(location.path)
         path = path if path.is_absolute() else workspace / path
         if not path.is_file():
-            raise IngestError(f"{location.path}: input file not found (resolved to {path})")
+            # Named as params.yaml names it; the folder it was looked in only when that is not the workspace.
+            where = "" if path.parent.resolve().is_relative_to(workspace.resolve()) else f" (looked in {path.parent})"
+            raise IngestError(f"{location.path}: input file not found{where}")
         _check_sha(path, location)
         return path
 

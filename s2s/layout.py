@@ -66,6 +66,11 @@ class Stage:
     def path(self, flag: str) -> str:
         return self.args[flag]
 
+    @property
+    def uncached(self) -> tuple[str, ...]:
+        """Metrics and plots: git keeps them, not DVC's cache (dvc.yaml marks them `cache: false`)."""
+        return (*self.metrics, *self.plots)
+
 
 STAGES: tuple[Stage, ...] = (
     Stage(

@@ -25,12 +25,11 @@ import mlflow
 import mlflow.pyfunc
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, DataType, Schema
+from pydantic import ValidationError
 
 from s2s import layout
-from s2s.config import DEFAULT_TRACKING_URI, EvaluateConfig, RegistryConfig
-from s2s.promotion import Decision, decide
+from s2s.config import DEFAULT_TRACKING_URI, EvaluateConfig, RegistryConfig, format_validation_error
+from s2s.promotion import Decision, Floor, decide
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,32 @@ from s2s.registry import S2SPyfunc
 
 mlflow.models.set_model(S2SPyfunc())
 '''
-SIGNATURE = ModelSignature(inputs=Schema([ColSpec(DataType.string)]), outputs=Schema([ColSpec(DataType.string)]))
+# Decoding options a registered model takes per request (MLflow inference params); each defaults to how the version was
+# registered to decode, which is how the evaluate stage scored it.
+DECODING_OPTIONS = {"beam_size": int, "length_penalty": float, "max_len_a": float, "max_len_b": int}
+
+
+def input_example(decoding: EvaluateConfig) -> tuple[list[str], dict[str, Any]]:
+    """The logged example: sentences, and the decoding options with this version's values.
+
+    MLflow takes the signature's inputs and outputs from `predict`'s type hints and its params schema (names,
+    types, defaults) from this example's params.
+    """
+    return INPUT_EXAMPLE, {name: kind(getattr(decoding, name)) for name, kind in DECODING_OPTIONS.items()}
+
+
+def decoding_with(registered: EvaluateConfig, options: dict[str, Any] | None) -> EvaluateConfig:
+    """The registered decoding settings with a request's options applied; an unknown or invalid option is an error."""
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(DECODING_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown decoding option(s) {', '.join(unknown)}; accepted: {', '.join(DECODING_OPTIONS)}")
+    try:
+        return EvaluateConfig.model_validate({**registered.model_dump(), **given})
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, EvaluateConfig, "decoding options")) from None
+
+
 INPUT_EXAMPLE = ["We saw a big dog yesterday."]
 
 
@@ -69,8 +93,9 @@ class S2SPyfunc(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: list[str], params: dict[str, Any] | None = None
     ) -> list[str]:
-        # MLflow reads these type hints: a one-column DataFrame or JSON list arrives here as list[str].
-        return self.translator.translate([str(s) for s in model_input], self.decoding)
+        # MLflow reads these type hints: a one-column DataFrame or JSON list arrives here as list[str]. `params` holds
+        # the request's decoding options (DECODING_OPTIONS), defaults filled in by MLflow from the signature.
+        return self.translator.translate([str(s) for s in model_input], decoding_with(self.decoding, params))
 
     def attention(self, sources: list[str]) -> list[dict[str, Any]]:
         """Translations with their source-target attention, for `load_model(uri).unwrap_python_model()`.
@@ -222,8 +247,7 @@ def register(inputs: RunInputs, key: str, tags: dict[str, str], description: str
                 "decoding": str(decoding),
             },
             code_paths=[str(PACKAGE_DIR)],
-            signature=SIGNATURE,
-            input_example=INPUT_EXAMPLE,  # MLflow checks at log time that the stored model loads and answers it
+            input_example=input_example(inputs.decoding),  # MLflow checks at log time that the stored model answers it
             # Given, not inferred: inference loads the model in a subprocess, which costs seconds.
             pip_requirements=_requirements(),
         )
@@ -250,6 +274,7 @@ def register(inputs: RunInputs, key: str, tags: dict[str, str], description: str
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DECISION_TAG, REASON_TAG, PREVIOUS_TAG = "s2s.gate.decision", "s2s.gate.reason", "s2s.previous_champion"
+SCORE_TAG_PREFIX = "s2s.test_score."
 
 
 def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -259,12 +284,43 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
         return None
 
 
-def score_model(uri: str, sources: list[str], references: list[str], metric: str) -> float:
-    """Load a registered model through MLflow (as it will be served) and score it with sacreBLEU."""
+def score_model(
+    uri: str,
+    sources: list[str],
+    references: list[str],
+    metric: str,
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int = 256,
+) -> float:
+    """Load a registered model through MLflow (as it will be served) and score it with sacreBLEU.
+
+    Decodes `chunk` sentences at a time and reports (done, total) to `progress` after each chunk.
+    """
     from s2s.scoring import score
 
-    hypotheses = [str(h) for h in mlflow.pyfunc.load_model(uri).predict(sources)]
+    model = mlflow.pyfunc.load_model(uri)
+    hypotheses: list[str] = []
+    for start in range(0, len(sources), chunk):
+        hypotheses += [str(h) for h in model.predict(sources[start : start + chunk])]
+        if progress is not None:
+            progress(len(hypotheses), len(sources))
     return float(score(hypotheses, references, with_ter=False)[metric])
+
+
+def score_tag(sources: list[str], references: list[str], metric: str) -> str:
+    """The version tag that caches a model's `metric` on exactly this test set (a version's decoding never changes)."""
+    digest = hashlib.sha256(json.dumps([sources, references], ensure_ascii=False).encode()).hexdigest()[:16]
+    return f"{SCORE_TAG_PREFIX}{metric}.{digest}"
+
+
+def cached_score(client: MlflowClient, name: str, version: str, tag: str, compute: Callable[[], float]) -> float:
+    """The score cached in the version's `tag`, or `compute()` it once and cache it there."""
+    cached = client.get_model_version(name, version).tags.get(tag)
+    if cached is not None:
+        return float(cached)
+    value = compute()
+    client.set_model_version_tag(name, version, tag, repr(value))
+    return value
 
 
 def _set_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
@@ -280,9 +336,15 @@ def _crown(client: MlflowClient, name: str, version: str, previous: ModelVersion
 
 
 def run_gate(
-    client: MlflowClient, name: str, version: str, metric: str, margin: float, scorer: Callable[[str], float]
+    client: MlflowClient,
+    name: str,
+    version: str,
+    metric: str,
+    margin: float,
+    scorer: Callable[[str], float],
+    floor: Floor | None = None,
 ) -> Decision:
-    """Challenger vs champion on the same test set; move `champion` only on a clear win.
+    """Challenger vs champion on the same test set; move `champion` only on a clear win above the floor.
 
     Tags go on the challenger first and the alias moves last, so a gate that
     fails half-way leaves the champion as it was.
@@ -292,8 +354,9 @@ def run_gate(
     if current is not None and str(current.version) == str(version):
         return Decision(False, f"v{version} is already the champion", metric, float("nan"), None, str(version))
     challenger_score = scorer(version)
-    champion_score = scorer(str(current.version)) if current is not None else None
-    decision = decide(metric, challenger_score, champion_score, str(current.version) if current else None, margin)
+    below_floor = floor is not None and challenger_score <= floor.value  # no need to decode the champion
+    champion_score = scorer(str(current.version)) if current is not None and not below_floor else None
+    decision = decide(metric, challenger_score, champion_score, str(current.version) if current else None, margin, floor)
     _set_tags(
         client,
         name,
@@ -305,6 +368,7 @@ def run_gate(
             "s2s.gate.challenger_score": f"{challenger_score:.2f}",
             "s2s.gate.champion_score": "" if champion_score is None else f"{champion_score:.2f}",
             "s2s.gate.champion_version": decision.champion_version or "",
+            "s2s.gate.floor": "" if floor is None else f"{floor.value:.2f}",
         },
     )
     if decision.promote:

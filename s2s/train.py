@@ -25,6 +25,7 @@ import math
 import random
 import resource
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from s2s import checkpoint, distributed
 from s2s.batching import Batch, ParallelData, bucket_indices
 from s2s.config import EvaluateConfig, ModelConfig, TrainConfig
-from s2s.errors import S2SError
+from s2s.errors import Interrupted, S2SError
 from s2s.layout import MODEL_FILE, read_prepared
 from s2s.models import Seq2Seq, build_model
 from s2s.scoring import score
@@ -51,6 +52,22 @@ CURVE_FIELDS = ("epoch", "train_loss", "valid_loss", "valid_ppl", "valid_bleu", 
 
 class TrainingError(S2SError, RuntimeError):
     pass
+
+
+class Stopped(Interrupted):
+    """Training stopped on request (SIGINT or SIGTERM) after saving its resume state."""
+
+    def __init__(self, signum: int, epoch: int, step: int) -> None:
+        super().__init__(signum, f"stopped at epoch {epoch}, step {step}; run again to resume")
+
+
+_stop_signal = 0  # set by request_stop (a signal handler); checked after every update
+
+
+def request_stop(signum: int, frame: object = None) -> None:
+    """A signal handler: finish the current update, save the resume state, raise Stopped."""
+    global _stop_signal
+    _stop_signal = signum
 
 
 @dataclass
@@ -154,6 +171,27 @@ def stop_early(valid_bleu: list[float], patience: int) -> bool:
     return max(valid_bleu[-patience:]) <= max(valid_bleu[:-patience])
 
 
+BUDGET_PROBE = 10  # updates timed before the time budget is checked against warm-up and the first epoch
+
+
+def budget_warnings(
+    max_minutes: float, elapsed: float, seconds_per_update: float, updates: int, warmup_steps: int, steps_per_epoch: int
+) -> list[str]:
+    """What a time budget cannot reach at the measured speed: the end of warm-up, the end of the first epoch."""
+    if not max_minutes or seconds_per_update <= 0:
+        return []
+    reachable = updates + int((60 * max_minutes - elapsed) / seconds_per_update)
+    speed = f"train.max_minutes={max_minutes:g} allows about {reachable} updates at the measured {seconds_per_update:.2f} s each"
+    out = []
+    if reachable < warmup_steps:
+        out.append(f"{speed}, fewer than train.warmup_steps={warmup_steps}: the learning rate never reaches its peak "
+                   "(lower warmup_steps or raise max_minutes)")  # fmt: skip
+    if reachable < steps_per_epoch:
+        out.append(f"{speed}, fewer than one epoch ({steps_per_epoch} updates): the model is validated only when the "
+                   "budget runs out, on part of the data (raise max_minutes or lower batch_tokens)")  # fmt: skip
+    return out
+
+
 def split_batch(index: list[int], target_tokens: int, world: distributed.World, parts: int) -> list[tuple[list[int], float]]:
     """This rank's `parts` micro-batches of the global batch `index`, each with its loss weight.
 
@@ -217,6 +255,8 @@ class Trainer:
         self.clock = time.perf_counter()  # training started at this perf_counter() reading (moved back on resume)
         self.shared_elapsed = 0.0  # rank 0's elapsed() at the last step: what every rank's budget and schedule go by
         self.resumed_at_update = 0
+        self.probe: list[float] = []  # elapsed seconds after each of the first updates, for check_budget
+        self.stop_signal = 0
         self.steps_per_epoch = self.train_data.count_batches(cfg.batch_tokens)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -328,10 +368,11 @@ class Trainer:
                 ) from None
             if weight:
                 loss_sum += loss.detach().float()
-        # One small all-reduce: the global loss (so every rank sees a NaN and stops at the same step) and rank 0's
-        # clock (so every rank's time budget and learning-rate schedule agree).
+        # One small all-reduce: the global loss (so every rank sees a NaN and stops at the same step), rank 0's clock
+        # (so every rank's time budget and learning-rate schedule agree) and any rank's stop request (all stop).
         elapsed = self.elapsed() if world.is_main else 0.0
-        total, self.shared_elapsed = world.sum([float(loss_sum), elapsed], self.device)
+        total, self.shared_elapsed, stop = world.sum([float(loss_sum), elapsed, float(_stop_signal)], self.device)
+        self.stop_signal = _stop_signal or (int(signal.SIGTERM) if stop else 0)  # another rank was asked to stop
         if not math.isfinite(total):
             raise TrainingError(f"loss is {total} at epoch {epoch} step {step}; lower train.lr or check the data")
         nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
@@ -385,6 +426,11 @@ class Trainer:
             for step in range(p.step + 1, len(batches) + 1):
                 self.train_step(batches[step - 1], epoch, step)
                 p.step = step
+                self.check_budget()
+                if self.stop_signal:
+                    p.epoch_seconds = time.perf_counter() - epoch_start
+                    self.save_state()
+                    raise Stopped(self.stop_signal, epoch, step)
                 if self.out_of_time(self.agreed_elapsed()):
                     log.info(
                         "train.max_minutes=%g reached at epoch %d step %d: validating and stopping", cfg.max_minutes, epoch, step
@@ -421,6 +467,8 @@ class Trainer:
                 break
             if epoch < cfg.epochs:
                 self.save_state()
+                if world.broadcast(_stop_signal):  # asked to stop during validation: the state is saved, stop now
+                    raise Stopped(world.broadcast(_stop_signal), epoch + 1, 0)
         if world.is_main:
             self.try_average(out_dir)
         return self.finish(summary_path)
@@ -444,6 +492,18 @@ class Trainer:
     def elapsed(self) -> float:
         """Seconds of training so far, across resumes."""
         return time.perf_counter() - self.clock
+
+    def check_budget(self) -> None:
+        """Once, after the first BUDGET_PROBE updates of this process: warn of a budget too short for the run."""
+        self.probe.append(self.agreed_elapsed())
+        if len(self.probe) != BUDGET_PROBE + 1 or not self.world.is_main:
+            return
+        per_update = (self.probe[-1] - self.probe[0]) / BUDGET_PROBE
+        cfg = self.cfg
+        for warning in budget_warnings(
+            cfg.max_minutes, self.probe[-1], per_update, self.progress.updates, cfg.warmup_steps, self.steps_per_epoch
+        ):
+            log.warning(warning)
 
     def agreed_elapsed(self) -> float:
         """Training seconds that every rank agrees on: this clock on one process, rank 0's at the last step on many."""

@@ -23,7 +23,7 @@ def test_translate_with_a_missing_registered_model(tmp_path: Path, capsys: pytes
 
 def test_unknown_preset_lists_the_available_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--preset", "wmt99"]) == 2
-    assert "no preset 'wmt99'; available: multi30k" in capsys.readouterr().err
+    assert "no preset 'wmt99'; available: lstm-attention, multi30k, transformer-cpu, transformer-gpu" in capsys.readouterr().err
 
 
 def test_rollback_without_a_champion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,7 +58,7 @@ def test_preset_from_a_file_is_validated_before_it_replaces_params(tmp_path: Pat
     (tmp_path / "params.yaml").write_text("train:\n  epochs: 3\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"train": {"epochz": 9}}))
-    assert main(["run", "--workspace", str(tmp_path), "--preset", str(bad)]) == 1
+    assert main(["run", "--workspace", str(tmp_path), "--preset", str(bad)]) == 2
     assert "train.epochz: unknown key" in capsys.readouterr().err
     assert (tmp_path / "params.yaml").read_text() == "train:\n  epochs: 3\n"
 

@@ -48,6 +48,19 @@ def md5_files(ws: Path, paths: list[str]) -> dict[str, str]:
     return {p: hashlib.md5((ws / p).read_bytes()).hexdigest() for p in paths}
 
 
+def s2s_command() -> list[str]:
+    return [str(Path(sys.executable).parent / "s2s"), "run"]  # this environment's `.venv/bin/s2s run`
+
+
+def s2s_env(tmp_path: Path) -> dict[str, str]:
+    """For `s2s run` in a subprocess: its own Prefect home (an ephemeral API of its own), no telemetry."""
+    import os
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
 def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) -> None:
     from flows.pipeline import pipeline
 
@@ -204,8 +217,7 @@ def test_failing_stage_fails_the_flow_with_its_error(tmp_path: Path, prefect_hom
     assert state.is_failed()
     with pytest.raises(
         Exception,
-        match=r"tokenizer failed with exit code \d+:(.|\n)*"
-        r"tokenizer.vocab_size=50000 is too large for this data \(at most \d+ fits\)",
+        match=r"^tokenizer stage failed: tokenizer.vocab_size=50000 is too large for this data \(at most \d+ fits\)",
     ):
         state.result()
     assert not (ws / "mlflow.db").exists() or _versions(ws) == []
@@ -274,3 +286,155 @@ def test_editing_one_line_of_own_raw_data_reruns_ingest_and_everything_after(tmp
     tracked = yaml.safe_load((ws / f"{raw['tgt']}.dvc").read_text())["outs"][0]["md5"]
     assert tracked == hashlib.md5((ws / raw["tgt"]).read_bytes()).hexdigest()  # the edit is what DVC versioned
     assert (tmp_path / "s2s-dvc-remote" / "files" / "md5" / tracked[:2] / tracked[2:]).is_file()  # ...and pushed
+
+    # A failed ingest (a missing input file) leaves the last good data and metrics exactly as they were.
+    kept = [*(str(p.relative_to(ws)) for p in sorted((ws / layout.PREPARED_DIR).rglob("*")) if p.is_file()), layout.INGEST_STATS]
+    before = md5_files(ws, kept)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["ingest"]["files"]["train"]["src"] = f"{layout.RAW_DIR}/missing.en"
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = subprocess.run(s2s_command(), cwd=ws, env=s2s_env(tmp_path), capture_output=True, text=True)
+    assert failed.returncode == 1
+    output = failed.stdout + failed.stderr
+    assert (
+        "s2s: run failed (exit code 1): ingest stage failed: data/raw/missing.en: input file not found\n"
+        "ingest's last good outputs are back in place (data/prepared, metrics/ingest.json), as dvc.lock records them: "
+        "nothing was lost\n"
+    ) in failed.stderr, output[-2000:]
+    assert output.count("missing.en") <= 2 and "Traceback" not in output  # said once by the stage, once at the end
+    assert "git add" not in output and "exited with" not in output  # DVC's hints and restatements are not shown
+    assert md5_files(ws, kept) == before
+
+
+def test_junk_first_model_is_never_champion_and_a_better_one_is(tmp_path: Path, prefect_home: None) -> None:
+    from mlflow import MlflowClient
+
+    from flows.pipeline import pipeline
+    from s2s.registry import CHAMPION, get_alias, score_tag
+
+    ws = make_workspace(tmp_path / "ws", deep_merge(TINY_PARAMS, {"train": {"max_minutes": 0.0001, "epochs": 1}}))
+    first = pipeline(workspace=str(ws))  # the budget runs out after one update: a junk model
+    metrics = first["metrics"]
+    assert first["gate"]["decision"] == "rejected"
+    assert first["gate"]["reason"] == (
+        f"bleu {metrics['bleu']:.2f} is not above the floor {metrics['copy_source_bleu']:.2f} "
+        f"(bleu of copying the source {metrics['copy_source_bleu']:.2f}, promote.min_score 0.00)"
+    )
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    assert get_alias(client, "s2s-translator", CHAMPION) is None
+
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    (ws / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, {"train": {"max_minutes": 0, "epochs": 3}})))
+    second = pipeline(workspace=str(ws))
+    assert second["gate"]["decision"] == "promoted", second["gate"]["reason"]
+    assert str(get_alias(client, "s2s-translator", CHAMPION).version) == "2"
+    # The gate took the challenger's score from the evaluate stage (same model, decoding, test set) and cached it.
+    pairs = layout.read_prepared(ws / layout.PREPARED_DIR, "test")
+    tag = score_tag([s for s, _ in pairs], [t for _, t in pairs], "bleu")
+    assert float(client.get_model_version("s2s-translator", "2").tags[tag]) == second["metrics"]["bleu"]
+
+
+def test_readme_own_data_example_runs_as_written(tmp_path: Path) -> None:
+    import gzip
+    import re
+
+    from conftest import REPO
+
+    from s2s.corpus import generate_pairs
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("<!-- own-data-example") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    command = re.search(r"```bash\n(.*?)\n```", section, re.S).group(1).split()
+    assert command == [".venv/bin/s2s", "run"]
+    ws = make_workspace(tmp_path / "ws", {})
+    defaults = (ws / "params.yaml").read_text()  # every other section as the defaults have it; ingest as the README
+    (ws / "params.yaml").write_text(block + defaults[defaults.index("\ntokenizer:") :])
+    example = yaml.safe_load(block)
+    files = example["ingest"]["files"]
+    train, valid = generate_pairs(2000, 11), generate_pairs(300, 12)
+    (ws / files["train"]["src"]).write_text("".join(s + "\n" for s, _ in train))
+    (ws / files["train"]["tgt"]).write_text("".join(t + "\n" for _, t in train))
+    with gzip.open(ws / files["valid"]["tsv"], "wt", encoding="utf-8") as handle:
+        handle.writelines(f"{s}\t{t}\n" for s, t in valid)
+
+    done = subprocess.run(s2s_command(), cwd=ws, env=s2s_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "s2s pipeline finished" in done.stdout and "models:/s2s-translator/1" in done.stdout
+    stats = json.loads((ws / layout.INGEST_STATS).read_text())
+    assert stats["valid"]["kept"] > 250 and stats["test"]["kept"] == 200  # valid from the TSV, test held out of train
+
+
+def test_sigterm_and_sigint_stop_s2s_run_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    train = {"epochs": 8, "checkpoint_every": 5, "batch_tokens": 400}
+    params = deep_merge(TINY_PARAMS, {"train": train, "remote": {"push": False}})
+    ws = make_workspace(tmp_path / "ws", deep_merge(params, {"train": {"epochs": 1}}))
+    env, command = s2s_env(tmp_path), s2s_command()
+    subprocess.run(command, cwd=ws, env=env, check=True, capture_output=True)
+    commit_run(ws, "a first model")  # what a user has: a committed run, then a change to train again
+    (ws / "params.yaml").write_text((ws / "params.yaml").read_text().replace("epochs: 1", "epochs: 8"))
+    status = run(["git", "status", "--porcelain"], ws).stdout
+    assert status == " M params.yaml\n"
+    resume_dir = ws / layout.RESUME_DIR
+
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        saved = {p: p.stat().st_mtime_ns for p in resume_dir.glob("*.pt")} if resume_dir.is_dir() else {}
+        proc = subprocess.Popen(command, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 180
+        while not any(saved.get(p) != p.stat().st_mtime_ns for p in resume_dir.glob("*.pt")) if resume_dir.is_dir() else True:
+            assert proc.poll() is None and time.monotonic() < deadline, "training ended before it could be stopped"
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == code, out[-3000:]
+        assert time.monotonic() - sent < 10
+        line = f"s2s: {sig.name}: stopped at epoch "
+        assert (line in out and out.rstrip().splitlines()[-1].startswith(line)) or line in out.splitlines()[-2], out[-1500:]
+        assert run(["git", "status", "--porcelain"], ws).stdout == status  # metrics and model back as committed
+
+    done = subprocess.run(command, cwd=ws, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    summary = json.loads((ws / layout.TRAIN_SUMMARY).read_text())
+    assert summary["resumed_at_update"] > 0 and summary["epochs"] == 8
+
+
+def test_locked_registry_database_is_named_with_its_holder_and_the_rerun_registers_once(
+    tmp_path: Path, prefect_home: None
+) -> None:
+    import re
+
+    from mlflow import MlflowClient
+
+    from flows.pipeline import pipeline
+
+    ws = make_workspace(tmp_path / "ws", deep_merge(TINY_PARAMS, {"train": {"epochs": 1}, "remote": {"push": False}}))
+    database = ws / "mlflow.db"
+    MlflowClient(f"sqlite:///{database}").search_experiments()  # the store exists, as after any earlier run
+    hold = (
+        "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); c.execute('BEGIN EXCLUSIVE'); "
+        "print('locked', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(database)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        state = pipeline(workspace=str(ws), return_state=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert state.is_failed()
+    message = (
+        rf"the MLflow registry database {re.escape(str(database))} is locked by pid {holder.pid} \(.*sqlite3.*\)\. "
+        r"The trained model is kept in the DVC cache; run the pipeline again once it is free and it registers without retraining"
+    )
+    with pytest.raises(Exception, match=message):
+        state.result()
+    assert _versions(ws) == []
+
+    again = pipeline(workspace=str(ws))  # the lock is gone
+    assert not any(again["stages_ran"].values()) and again["registered"]["created"] is True
+    assert [v["version"] for v in _versions(ws)] == ["1"]

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from s2s.promotion import decide
+from s2s.promotion import Floor, decide
 from s2s.registry import (
     CHAMPION,
     DECISION_TAG,
     PREVIOUS_TAG,
     REASON_TAG,
+    cached_score,
     get_alias,
     promote,
     rollback,
@@ -29,6 +30,18 @@ def test_decide_rules() -> None:
     assert not worse.promote and worse.reason == "bleu 30.20 vs champion v4 (30.00): +0.20 does not exceed margin 0.50"
     better = decide("chrf", 31.0, 30.0, "4", 0.5)
     assert better.promote and better.reason == "chrf 31.00 beats champion v4 (30.00) by +1.00 > margin 0.50"
+
+
+def test_decide_floor_stops_a_first_version_and_names_both_parts() -> None:
+    floor = Floor(copy_source=0.67, min_score=0.0)
+    junk = decide("bleu", 0.01, None, None, 0.0, floor)
+    assert not junk.promote
+    assert junk.reason == "bleu 0.01 is not above the floor 0.67 (bleu of copying the source 0.67, promote.min_score 0.00)"
+    assert not decide("bleu", 0.67, None, None, 0.0, floor).promote  # at the floor is not above it
+    assert decide("bleu", 0.68, None, None, 0.0, floor).promote
+    high = Floor(copy_source=0.67, min_score=25.0)
+    assert not decide("bleu", 24.0, 10.0, "1", 0.0, high).promote  # beats the champion, still under min_score
+    assert decide("bleu", 26.0, 10.0, "1", 0.0, high).promote
 
 
 @pytest.fixture
@@ -92,3 +105,33 @@ def test_failed_gate_and_manual_promotion(client: MlflowClient) -> None:
     assert champion(client) == "2"
     assert tags(client, "2")[DECISION_TAG] == "promoted by hand" and tags(client, "2")[REASON_TAG] == "hotfix"
     assert rollback(client, NAME) == ("2", "1")
+
+
+def test_gate_with_a_floor_never_crowns_junk_and_decodes_no_champion_for_it(client: MlflowClient) -> None:
+    scored: list[str] = []
+
+    def scorer(version: str) -> float:
+        scored.append(version)
+        return {"1": 0.01, "2": 12.0, "3": 0.5}[version]
+
+    floor = Floor(copy_source=0.67, min_score=0.0)
+    assert not run_gate(client, NAME, "1", "bleu", 0.0, scorer, floor).promote
+    assert get_alias(client, NAME, CHAMPION) is None  # the first version too: junk is never champion
+    assert tags(client, "1")[DECISION_TAG] == "rejected" and tags(client, "1")["s2s.gate.floor"] == "0.67"
+    assert run_gate(client, NAME, "2", "bleu", 0.0, scorer, floor).promote and champion(client) == "2"
+    assert not run_gate(client, NAME, "3", "bleu", 0.0, scorer, floor).promote and champion(client) == "2"
+    assert scored == ["1", "2", "3"]  # below the floor, the champion was not decoded
+
+
+def test_cached_score_computes_once_per_version_and_tag(client: MlflowClient) -> None:
+    calls: list[int] = []
+
+    def compute() -> float:
+        calls.append(1)
+        return 31.25
+
+    assert cached_score(client, NAME, "1", "s2s.test_score.bleu.abc", compute) == 31.25
+    assert cached_score(client, NAME, "1", "s2s.test_score.bleu.abc", compute) == 31.25
+    assert len(calls) == 1 and tags(client, "1")["s2s.test_score.bleu.abc"] == "31.25"
+    cached_score(client, NAME, "1", "s2s.test_score.bleu.other-test-set", compute)
+    assert len(calls) == 2

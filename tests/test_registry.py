@@ -99,7 +99,10 @@ def test_model_is_packaged_from_code_with_a_signature_and_loads_from_its_uri_alo
     assert mlmodel["flavors"]["python_function"]["model_code_path"].endswith("s2s_model.py")
     assert json.loads(mlmodel["signature"]["inputs"]) == [{"type": "string", "required": True}]
     assert json.loads(mlmodel["signature"]["outputs"]) == [{"type": "string", "required": True}]
-    assert json.loads((local / "serving_input_example.json").read_text()) == {"inputs": INPUT_EXAMPLE}
+    assert json.loads((local / "serving_input_example.json").read_text()) == {
+        "inputs": INPUT_EXAMPLE,
+        "params": {"beam_size": 2, "length_penalty": 1.0, "max_len_a": 1.5, "max_len_b": 10},
+    }
     assert (local / "code" / "s2s" / "registry.py").is_file()  # the version carries the code it runs
 
     # Logged params are what the stages ran with (here: TRAINED_WITH), flattened.
@@ -132,3 +135,35 @@ def test_download_lineage_puts_the_versions_files_back_at_their_paths(tmp_path: 
         assert (target / path).read_bytes() == (ws / path).read_bytes(), path
     with pytest.raises(Exception, match="RESOURCE_DOES_NOT_EXIST|not found|does not exist"):
         download_lineage(MlflowClient(uri, uri), "lineage", "7", target)
+
+
+def test_registered_model_honours_decoding_options_per_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    ws = tmp_path / "ws"
+    register(_run_inputs(ws, "options"), "lineage-o", {}, "test")
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    translator = Translator.load(ws / MODEL_DIR / MODEL_FILE, ws / TOKENIZER_DIR, "cpu")
+    sources = [s for s, _ in generate_pairs(40, 7)]
+    greedy = translator.translate(sources, EvaluateConfig(beam_size=1))
+    beam5 = translator.translate(sources, EvaluateConfig(beam_size=5))
+    sentence = next(s for s, g, b in zip(sources, greedy, beam5, strict=True) if g != b)  # where the two searches differ
+
+    def translate(*options: str) -> str:
+        assert main(["translate", "--model", "models:/options/1", "--tracking-uri", uri, *options, sentence]) == 0
+        return capsys.readouterr().out.strip()
+
+    by_beam = {beam: translate("--beam", str(beam)) for beam in (1, 5)}
+    assert by_beam == {1: translator.translate([sentence], EvaluateConfig(beam_size=1))[0],
+                       5: translator.translate([sentence], EvaluateConfig(beam_size=5))[0]}  # fmt: skip
+    assert by_beam[1] != by_beam[5]
+    assert translate() == translator.translate([sentence], EvaluateConfig(beam_size=2))[0]  # no option: as registered
+    short = translate("--max-len-a", "0.1", "--max-len-b", "1")
+    assert short == translator.translate([sentence], EvaluateConfig(beam_size=2, max_len_a=0.1, max_len_b=1))[0]
+
+    assert main(["translate", "--model", "models:/options/1", "--tracking-uri", uri, "--beam", "0", sentence]) == 2
+    assert "s2s translate: invalid configuration\n  beam_size: Input should be greater than or equal to 1" in (
+        capsys.readouterr().err
+    )
+    assert main(["translate", "--model", "models:/options/1", "--tracking-uri", uri, "--n-best", "3", sentence]) == 2
+    assert "--n-best needs a local model folder" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from conftest import TINY_PARAMS, deep_merge
 from s2s import ingest, tokenizer
 from s2s.config import parse_params
 from s2s.layout import read_prepared
-from s2s.train import Trainer, TrainingError, lr_factor, stop_early
+from s2s.train import Trainer, TrainingError, budget_warnings, lr_factor, stop_early
 
 pytestmark = pytest.mark.slow
 PARAMS = deep_merge(TINY_PARAMS, {"train": {"epochs": 2, "checkpoint_every": 3, "batch_tokens": 600}})
@@ -123,6 +123,19 @@ def test_recipe_options_bf16_averaging_and_budget(prepared: tuple[Path, Path, Pa
     budget = parse_params(deep_merge(PARAMS, {"train": {"max_minutes": 0.0001, "epochs": 5}}))
     short = Trainer(budget.train, budget.model, budget.evaluate, data, tok).fit(root / "b", root / "b.csv", root / "b.json")
     assert short["epochs"] == 1  # the budget ran out in the first epoch: validated once, then stopped
+
+
+def test_budget_warnings_name_what_the_budget_cannot_reach() -> None:
+    # 1 minute, 10 updates done in 5 s (0.5 s each): about 10 + 110 = 120 updates in all.
+    short = budget_warnings(1.0, 5.0, 0.5, 10, 150, 240)
+    assert short == [
+        "train.max_minutes=1 allows about 120 updates at the measured 0.50 s each, fewer than train.warmup_steps=150: "
+        "the learning rate never reaches its peak (lower warmup_steps or raise max_minutes)",
+        "train.max_minutes=1 allows about 120 updates at the measured 0.50 s each, fewer than one epoch (240 updates): "
+        "the model is validated only when the budget runs out, on part of the data (raise max_minutes or lower batch_tokens)",
+    ]
+    assert budget_warnings(1.0, 5.0, 0.5, 10, 100, 100) == []  # reaches both
+    assert budget_warnings(0.0, 5.0, 0.5, 10, 150, 240) == []  # no budget, nothing to warn of
 
 
 def test_lr_factor_warmup_then_schedules() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from s2s.config import Params, load_params
-from s2s.errors import S2SError
+from s2s.errors import Interrupted, S2SError
 from s2s.layout import PARAMS_FILE, stage
 
 
@@ -34,6 +34,9 @@ def stage_main(name: str, body: Callable[[argparse.Namespace, Params], None]) ->
     setup_logging()
     try:
         body(args, load_params(args.params))
+    except Interrupted as err:
+        logging.getLogger(f"s2s.stages.{name}").warning("%s", err)
+        sys.exit(128 + err.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     except S2SError as err:
         logging.getLogger(f"s2s.stages.{name}").error("%s stage failed: %s", name, err)
         sys.exit(1)

@@ -8,6 +8,7 @@ trains its shard, and rank 0 writes the stage's outputs.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from s2s import distributed, train
@@ -20,6 +21,8 @@ def _run(args: argparse.Namespace, params: Params) -> None:
     if distributed.needs_launch(params.train.distributed):
         distributed.launch(params.train.distributed, stage("train").module, sys.argv[1:])  # does not return
     world = distributed.init(params.train.device)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # finish the update, save the resume state, exit 128 + signum
+        signal.signal(signum, train.request_stop)
     try:
         train.train(
             params.train,

@@ -1,0 +1,79 @@
+"""Presets (flows/presets.py): tested recipes and datasets applied over params.yaml, comments kept, changes named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from flows import presets
+from flows.cli import main
+from s2s.config import load_params
+
+OWN_DATA = """\
+# my params: own data, my registry name
+ingest:
+  corpus: files               # my own files
+  files:
+    train: {tsv: data/raw/train.tsv}
+registry:
+  model_name: my-translator   # keep this name
+train:
+  lr: 0.01                    # my learning rate
+"""
+
+
+def test_every_preset_is_valid_and_described() -> None:
+    found = {p.name: p for p in presets.available()}
+    assert set(found) == {"lstm-attention", "multi30k", "transformer-cpu", "transformer-gpu"}
+    assert all(p.summary and not p.summary.startswith("#") for p in found.values())
+    recipes = ("lstm-attention", "transformer-cpu", "transformer-gpu")
+    assert all("ingest" not in found[name].values for name in recipes)  # a recipe never replaces the user's data
+    assert set(found["multi30k"].values) == {"ingest", "registry"}
+
+
+def test_a_recipe_over_own_data_keeps_the_data_and_the_comments_and_names_each_change(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(OWN_DATA)
+    changed = presets.apply(params, [presets.find("transformer-cpu")])
+    assert "model.arch: '(unset)' -> 'transformer'" in changed and "train.lr: 0.01 -> 0.0015" in changed
+    text = params.read_text()
+    assert "# my params: own data, my registry name" in text and "lr: 0.0015                  # my learning rate" in text
+    merged = load_params(params)
+    assert merged.ingest.files is not None and merged.ingest.files.train.tsv.path == "data/raw/train.tsv"
+    assert merged.registry.model_name == "my-translator" and merged.train.amp == "off"
+    assert merged.model.transformer.d_model == 256 and merged.train.max_minutes == 22
+    assert presets.apply(params, [presets.find("transformer-cpu")]) == []  # applied already: nothing to change
+
+
+def test_later_preset_wins_and_a_bad_combination_leaves_params_untouched(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(OWN_DATA)
+    presets.apply(params, [presets.find("multi30k"), presets.find("transformer-gpu"), presets.find("transformer-cpu")])
+    merged = load_params(params)
+    # The dataset's files replaced the user's as a whole; the cpu recipe, last, won every key the gpu one also set.
+    assert merged.ingest.files is not None and merged.ingest.files.train.tsv is None
+    assert merged.registry.model_name == "s2s-multi30k-en-de" and merged.train.device == "cpu"
+    assert (merged.model.transformer.heads, merged.train.amp, merged.train.compile) == (4, "off", False)
+
+    params.write_text("model:\n  transformer:\n    d_model: 264       # mine\n    heads: 8\n")
+    before = params.read_text()
+    heads = tmp_path / "heads.yaml"  # valid alone (256 / 16), not with my d_model: refused once merged, naming the files
+    heads.write_text(yaml.safe_dump({"model": {"transformer": {"heads": 16}}}))
+    with pytest.raises(presets.PresetError, match=r"(?s)params.yaml with preset\(s\) heads: .*d_model \(264\) must be divisible"):
+        presets.apply(params, [presets.find(str(heads))])
+    assert params.read_text() == before
+
+
+def test_s2s_presets_lists_each_with_its_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["lstm-attention", "multi30k", "transformer-cpu", "transformer-gpu"]
+    assert "22 minutes on 2 CPU cores" in lines[2] and lines[2].endswith("[tokenizer, model, train, evaluate]")
+
+
+def test_benchmark_reads_its_recipes_from_the_presets() -> None:
+    source = (REPO / "benchmarks" / "multi30k.py").read_text()
+    assert 'RECIPES = {"cpu": "transformer-cpu", "gpu": "transformer-gpu"}' in source and '"d_model"' not in source
