@@ -18,10 +18,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -46,6 +46,8 @@ from s2s.registry import (
     score_tag,
     tracking_uri,
 )
+
+T = TypeVar("T")
 
 
 class StageFailed(RuntimeError):
@@ -201,14 +203,40 @@ def _git(workspace: Path, *args: str) -> str:
         return ""
 
 
+DVC_LOCKED = "Unable to acquire lock"  # DVC's message when another DVC process holds the workspace's lock
+DVC_LOCK_WAITS = (2, 5, 10)  # seconds between our tries (DVC itself waits 3 s before giving up each time)
+
+
+def waiting_for_dvc_lock(workspace: Path, call: Callable[[], T]) -> T:
+    """`call()`, tried again after each of DVC_LOCK_WAITS while DVC's lock is held elsewhere; then one clear message."""
+    for wait in (*DVC_LOCK_WAITS, None):
+        try:
+            return call()
+        except StageFailed as err:
+            if DVC_LOCKED not in str(err):
+                raise
+            if wait is None:
+                lock = workspace / ".dvc" / "tmp" / "lock"
+                raise StageFailed(
+                    f"DVC's lock {lock} is held by {lock_holders(lock)}; tried {len(DVC_LOCK_WAITS) + 1} times over "
+                    f"{sum(DVC_LOCK_WAITS)} s. Nothing ran and nothing was lost: run again once it is free."
+                ) from None
+            get_run_logger().warning("DVC's lock is held by another process: trying again in %d s", wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 def stale_stages(workspace: Path, *stages: str) -> set[str]:
     """The stages DVC reports as changed (deps, params, command or outputs), from `dvc status --json`'s own data."""
-    out = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--json", *stages], cwd=workspace, env=_env(), capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        raise StageFailed(f"dvc status failed with exit code {out.returncode}:\n{out.stderr[-2000:]}")
-    return set(json.loads(out.stdout or "{}")) & set(stages)
+
+    def status() -> set[str]:
+        out = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", *stages], cwd=workspace, env=_env(),
+                             capture_output=True, text=True)  # fmt: skip
+        if out.returncode != 0:
+            raise StageFailed(f"dvc status failed with exit code {out.returncode}:\n{out.stderr[-2000:]}")
+        return set(json.loads(out.stdout or "{}")) & set(stages)
+
+    return waiting_for_dvc_lock(workspace, status)
 
 
 @task(name="track-raw-data", task_run_name=f"dvc add {layout.RAW_DIR}")
@@ -222,7 +250,8 @@ def track_raw_data(workspace: Path) -> list[str]:
     files = [p for p in sorted(raw.iterdir()) if p.is_file() and not p.name.startswith(".") and p.suffix != ".dvc"]
     files = [p for p in files if not _git(workspace, "ls-files", str(p.relative_to(workspace)))]
     if files:
-        run_logged([sys.executable, "-m", "dvc", "add", *(str(p.relative_to(workspace)) for p in files)], workspace, "dvc add")
+        add = [sys.executable, "-m", "dvc", "add", *(str(p.relative_to(workspace)) for p in files)]
+        waiting_for_dvc_lock(workspace, lambda: run_logged(add, workspace, "dvc add"))
     return [str(p.relative_to(workspace)) for p in files]
 
 
@@ -236,8 +265,10 @@ def dvc_stage(workspace: Path, stage: str, force: bool = False) -> bool:
     # DVC deletes a stage's outputs before running it; uncached ones (metrics, plots) are not in its cache to restore.
     uncached = {path: (workspace / path).read_bytes() for path in layout.stage(stage).uncached if (workspace / path).is_file()}
     try:
-        run_logged(args, workspace, stage)
+        waiting_for_dvc_lock(workspace, lambda: run_logged(args, workspace, stage))
     except StageFailed as err:
+        if str(err).startswith("DVC's lock"):  # DVC never started the stage: its outputs are untouched
+            raise
         raise StageFailed(f"{err}\n{restore_outputs(workspace, stage, uncached)}") from None
     return ran
 
@@ -333,7 +364,7 @@ def register_model(workspace: Path, registry: RegistryConfig) -> Registered:
 def dvc_push(workspace: Path) -> None:
     """Push to DVC's default remote (.dvc/config; `dvc remote modify --local` points a checkout elsewhere)."""
     try:
-        run_logged([sys.executable, "-m", "dvc", "push"], workspace, "dvc push")
+        waiting_for_dvc_lock(workspace, lambda: run_logged([sys.executable, "-m", "dvc", "push"], workspace, "dvc push"))
     except StageFailed as err:
         raise StageFailed(f"{err}\n(the DVC remote is configured in .dvc/config: `dvc remote list` shows it)") from None
 

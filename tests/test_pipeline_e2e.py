@@ -403,7 +403,7 @@ def test_sigterm_and_sigint_stop_s2s_run_cleanly_and_the_rerun_resumes(tmp_path:
     assert summary["resumed_at_update"] > 0 and summary["epochs"] == 8
 
 
-def test_locked_registry_database_is_named_with_its_holder_and_the_rerun_registers_once(
+def test_locked_dvc_and_registry_are_named_with_their_holders_and_the_rerun_registers_once(
     tmp_path: Path, prefect_home: None
 ) -> None:
     import re
@@ -413,6 +413,23 @@ def test_locked_registry_database_is_named_with_its_holder_and_the_rerun_registe
     from flows.pipeline import pipeline
 
     ws = make_workspace(tmp_path / "ws", deep_merge(TINY_PARAMS, {"train": {"epochs": 1}, "remote": {"push": False}}))
+    # DVC's own lock held (a `dvc` command of the user's, say): bounded retries, then the lock file and its holder.
+    dvc_lock = ws / ".dvc" / "tmp" / "lock"
+    hold_dvc = (
+        "import sys, time, zc.lockfile; lock = zc.lockfile.LockFile(sys.argv[1]); print('locked', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold_dvc, str(dvc_lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        state = pipeline(workspace=str(ws), return_state=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    held = rf"DVC's lock {re.escape(str(dvc_lock))} is held by pid {holder.pid} \(.*zc.lockfile.*\); tried 4 times over 17 s\. "
+    with pytest.raises(Exception, match=held + r"Nothing ran and nothing was lost: run again once it is free"):
+        state.result()
+    assert not (ws / layout.PREPARED_DIR).exists()
+
     database = ws / "mlflow.db"
     MlflowClient(f"sqlite:///{database}").search_experiments()  # the store exists, as after any earlier run
     hold = (
