@@ -52,6 +52,7 @@ from s2s.registry import S2SPyfunc
 
 mlflow.models.set_model(S2SPyfunc())
 '''
+INPUT_EXAMPLE = ["We saw a big dog yesterday."]
 # Decoding options a registered model takes per request (MLflow inference params); each defaults to how the version was
 # registered to decode, which is how the evaluate stage scored it.
 DECODING_OPTIONS = {"beam_size": int, "length_penalty": float, "max_len_a": float, "max_len_b": int}
@@ -76,9 +77,6 @@ def decoding_with(registered: EvaluateConfig, options: dict[str, Any] | None) ->
         return EvaluateConfig.model_validate({**registered.model_dump(), **given})
     except ValidationError as err:
         raise ValueError(format_validation_error(err, EvaluateConfig, "decoding options")) from None
-
-
-INPUT_EXAMPLE = ["We saw a big dog yesterday."]
 
 
 class S2SPyfunc(mlflow.pyfunc.PythonModel):

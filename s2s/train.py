@@ -467,8 +467,9 @@ class Trainer:
                 break
             if epoch < cfg.epochs:
                 self.save_state()
-                if world.broadcast(_stop_signal):  # asked to stop during validation: the state is saved, stop now
-                    raise Stopped(world.broadcast(_stop_signal), epoch + 1, 0)
+                signum = world.broadcast(_stop_signal)  # asked to stop during validation: the state is saved, stop now
+                if signum:
+                    raise Stopped(signum, epoch + 1, 0)
         if world.is_main:
             self.try_average(out_dir)
         return self.finish(summary_path)

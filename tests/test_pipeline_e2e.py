@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -403,6 +404,19 @@ def test_sigterm_and_sigint_stop_s2s_run_cleanly_and_the_rerun_resumes(tmp_path:
     assert summary["resumed_at_update"] > 0 and summary["epochs"] == 8
 
 
+def pipeline_while_held(ws: Path, hold: str, path: Path) -> tuple[Any, int]:
+    """Run the flow while another process, running `hold` on `path`, holds a lock; its final state and the holder's pid."""
+    from flows.pipeline import pipeline
+
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        return pipeline(workspace=str(ws), return_state=True), holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_locked_dvc_and_registry_are_named_with_their_holders_and_the_rerun_registers_once(
     tmp_path: Path, prefect_home: None
 ) -> None:
@@ -418,14 +432,8 @@ def test_locked_dvc_and_registry_are_named_with_their_holders_and_the_rerun_regi
     hold_dvc = (
         "import sys, time, zc.lockfile; lock = zc.lockfile.LockFile(sys.argv[1]); print('locked', flush=True); time.sleep(600)"
     )
-    holder = subprocess.Popen([sys.executable, "-c", hold_dvc, str(dvc_lock)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        state = pipeline(workspace=str(ws), return_state=True)
-    finally:
-        holder.kill()
-        holder.wait()
-    held = rf"DVC's lock {re.escape(str(dvc_lock))} is held by pid {holder.pid} \(.*zc.lockfile.*\); tried 4 times over 17 s\. "
+    state, pid = pipeline_while_held(ws, hold_dvc, dvc_lock)
+    held = rf"DVC's lock {re.escape(str(dvc_lock))} is held by pid {pid} \(.*zc.lockfile.*\); tried 4 times over 17 s\. "
     with pytest.raises(Exception, match=held + r"Nothing ran and nothing was lost: run again once it is free"):
         state.result()
     assert not (ws / layout.PREPARED_DIR).exists()
@@ -436,16 +444,10 @@ def test_locked_dvc_and_registry_are_named_with_their_holders_and_the_rerun_regi
         "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); c.execute('BEGIN EXCLUSIVE'); "
         "print('locked', flush=True); time.sleep(600)"
     )
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(database)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        state = pipeline(workspace=str(ws), return_state=True)
-    finally:
-        holder.kill()
-        holder.wait()
+    state, pid = pipeline_while_held(ws, hold, database)
     assert state.is_failed()
     message = (
-        rf"the MLflow registry database {re.escape(str(database))} is locked by pid {holder.pid} \(.*sqlite3.*\)\. "
+        rf"the MLflow registry database {re.escape(str(database))} is locked by pid {pid} \(.*sqlite3.*\)\. "
         r"The trained model is kept in the DVC cache; run the pipeline again once it is free and it registers without retraining"
     )
     with pytest.raises(Exception, match=message):
