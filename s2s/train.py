@@ -349,7 +349,8 @@ class Trainer:
         """One update on the global batch `index` (sentence positions in the training data)."""
         cfg, p, world = self.cfg, self.progress, self.world
         self.optimizer.zero_grad(set_to_none=True)
-        micro = split_batch(index, self.train_data.target_tokens(index), world, cfg.accumulate)
+        n_tgt = self.train_data.target_tokens(index)  # of the global batch: every rank knows it without communicating
+        micro = split_batch(index, n_tgt, world, cfg.accumulate)
         loss_sum = torch.zeros((), device=self.device)
         for k, (part, weight) in enumerate(micro):
             batch = self.train_data.batch(part).to(self.device)
@@ -378,7 +379,6 @@ class Trainer:
         nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
         self.scheduler.step()
-        n_tgt = self.train_data.target_tokens(index)
         p.tokens += n_tgt + self.train_data.source_tokens(index)
         p.loss_sum += total
         p.loss_tokens += n_tgt
