@@ -34,14 +34,15 @@ TRANSFORMER = {
     "train": {"lr": 0.002, "warmup_steps": 200},
 }
 VARIANTS: dict[str, dict[str, Any]] = {
-    "lstm-none": {"model": {"rnn": {"cell": "lstm", "attention": "none"}}},
-    "lstm-dot": {"model": {"rnn": {"cell": "lstm", "attention": "dot"}}},
-    "lstm-general": {"model": {"rnn": {"cell": "lstm", "attention": "general"}}},
-    "lstm-additive": {"model": {"rnn": {"cell": "lstm", "attention": "additive"}}},
-    "gru-none": {"model": {"rnn": {"cell": "gru", "attention": "none"}}},
-    # Without attention the context vector learns slowly: the same model with more than three times the epochs.
-    "lstm-none-10ep": {"model": {"rnn": {"cell": "lstm", "attention": "none"}}, "train": {"epochs": 10}},
-    "gru-general": {"model": {"rnn": {"cell": "gru", "attention": "general"}}},
+    "sutskever-lstm": {"model": {"rnn": {"cell": "lstm", "decoder": "sutskever"}}},
+    "sutskever-gru": {"model": {"rnn": {"cell": "gru", "decoder": "sutskever"}}},
+    "cho-gru": {"model": {"rnn": {"cell": "gru", "decoder": "cho"}}},
+    "bahdanau-lstm": {"model": {"rnn": {"cell": "lstm", "decoder": "bahdanau"}}},
+    "luong-lstm-dot": {"model": {"rnn": {"cell": "lstm", "decoder": "luong", "attention": "dot"}}},
+    "luong-lstm-general": {"model": {"rnn": {"cell": "lstm", "decoder": "luong", "attention": "general"}}},
+    "luong-lstm-concat": {"model": {"rnn": {"cell": "lstm", "decoder": "luong", "attention": "concat"}}},
+    "luong-lstm-general-no-feeding": {"model": {"rnn": {"cell": "lstm", "decoder": "luong", "input_feeding": False}}},
+    "luong-gru-general": {"model": {"rnn": {"cell": "gru", "decoder": "luong", "attention": "general"}}},
     "transformer": TRANSFORMER,
 }
 

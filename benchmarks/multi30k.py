@@ -1,6 +1,9 @@
 """Multi30k en->de benchmark: train under a wall-clock budget, then measure quality and speed.
 
-    .venv/bin/python benchmarks/multi30k.py --cpu-budget 60          # the best 2-core CPU recipe in 60 minutes
+    .venv/bin/python benchmarks/multi30k.py                          # the Transformer CPU recipe, its 22 minutes
+    .venv/bin/python benchmarks/multi30k.py --cpu-budget 60          # the same recipe, 60 minutes of training
+    .venv/bin/python benchmarks/multi30k.py --arch bahdanau-gru      # another architecture's CPU recipe (a preset)
+    .venv/bin/python benchmarks/multi30k.py --table                  # every architecture, one after another, and the table
     .venv/bin/python benchmarks/multi30k.py --gpu                    # the GPU recipe (bf16, torch.compile)
     .venv/bin/python benchmarks/multi30k.py --gpu --nproc 8          # the same recipe on 8 processes (torchrun, DDP)
     .venv/bin/python benchmarks/multi30k.py --data /path/to/multi30k # another copy of the raw task-1 files
@@ -44,8 +47,10 @@ from s2s.tokenizer import PAD  # noqa: E402
 from s2s.train import batch_loss, encode_split  # noqa: E402
 from s2s.translate import Translator  # noqa: E402
 
-# The recipes are the presets users run (`s2s run --preset transformer-cpu`): one copy of each.
-RECIPES = {"cpu": "transformer-cpu", "gpu": "transformer-gpu"}
+# The recipes are the presets users run (`s2s run --preset transformer-cpu`): one copy of each. ARCHS, in the
+# order of the table: the classic family from the context vector alone to the Transformer, each a CPU recipe.
+ARCHS = ("sutskever-lstm", "context-gru", "cho-gru", "bahdanau-gru", "luong-lstm", "transformer-cpu")
+GPU_RECIPE = "transformer-gpu"
 
 
 def matmul_gflops(device: torch.device, seconds: float = 3.0, n: int = 2048) -> float:
@@ -108,8 +113,11 @@ def decode(translator: Translator, sources: list[str], refs: list[str], beam: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--cpu-budget", type=float, default=60.0, help="minutes of CPU training (default 60)")
+    mode.add_argument("--cpu-budget", type=float, default=None, help="minutes of CPU training (default: the recipe's)")
     mode.add_argument("--gpu", action="store_true", help="the GPU recipe, 20 minutes of training")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--arch", choices=ARCHS, default="transformer-cpu", help="the CPU recipe (a preset) to run")
+    which.add_argument("--table", action="store_true", help="run every --arch in turn, then print the table of all")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/multi30k", help="folder of the raw files")
     parser.add_argument("--out", type=Path, default=Path("/tmp/s2s-multi30k"), help="workspace and results folder")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's choice)")
@@ -117,11 +125,35 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=1, help="training processes (torchrun; batch_tokens stays the global batch)")
     parser.add_argument("--no-decode", action="store_true", help="train and report training figures only (throughput runs)")
     args = parser.parse_args()
+    if args.table:
+        results = [run(args, arch) for arch in ARCHS]
+        print(table([r for r in results if r is not None]))
+    else:
+        run(args, GPU_RECIPE if args.gpu else args.arch)
 
-    recipe = "gpu" if args.gpu else "cpu"
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The BENCHMARKS.md table: one row per architecture."""
+    rows = [
+        "| recipe (preset) | parameters | training | test BLEU greedy / beam 5 | chrF beam 5 | training tokens/s "
+        "| decoding sent/s greedy / beam 5 (batched) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        g, b, t = r["test_2016_flickr"]["greedy"], r["test_2016_flickr"]["beam5"], r["train"]
+        rows.append(
+            f"| `{r['recipe']}` | {r['model_parameters'] / 1e6:.2f}M | {t['train_seconds'] / 60:.1f} min, {t['updates']} updates "
+            f"| **{g['metrics']['bleu']}** / **{b['metrics']['bleu']}** | {b['metrics']['chrf']} | {t['tokens_per_second']:,.0f} "
+            f"| {g['sentences_per_second']} / {b['sentences_per_second']} |"
+        )
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
+    """Train one recipe through the real DVC stages, then measure it; writes and returns results-RECIPE.json's content."""
     preset = yaml.safe_load((REPO / "presets/multi30k.yaml").read_text())
-    recipe_values = yaml.safe_load((REPO / "presets" / f"{RECIPES[recipe]}.yaml").read_text())
-    budget = recipe_values["train"]["max_minutes"] if args.gpu else args.cpu_budget
+    recipe_values = yaml.safe_load((REPO / "presets" / f"{recipe}.yaml").read_text())
+    budget = args.cpu_budget if args.cpu_budget is not None and not args.gpu else recipe_values["train"]["max_minutes"]
     files = {split: {side: {"path": str((args.data / f"{name}.{lang}.gz").resolve()),
                             "sha256": preset["ingest"]["files"][split][side]["sha256"]}
                      for side, lang in (("src", "en"), ("tgt", "de"))}
@@ -130,6 +162,8 @@ def main() -> None:
     train_options = {"max_minutes": budget, "threads": args.threads, "distributed": {"nproc_per_node": args.nproc}}
     params = deep_merge(params, {"train": train_options, "remote": {"push": False}})
     name = recipe if args.nproc == 1 else f"{recipe}-{args.nproc}proc"
+    if args.cpu_budget is not None and not args.gpu:
+        name = f"{name}-{args.cpu_budget:g}min"
     ws = args.out / f"ws-{name}"
     if not ws.exists():
         make_workspace(ws, params)
@@ -148,7 +182,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         summary = {"command": " ".join(sys.argv), "train": train, "pipeline_seconds": round(pipeline_seconds, 1)}
         (args.out / f"results-{name}-train.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return
+        return None
     device = torch.device(train["device"])
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -169,6 +203,7 @@ def main() -> None:
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "recipe": recipe,
+        "arch": params["model"]["arch"],
         "command": " ".join(sys.argv),
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"{cpu_name()}, {os.cpu_count()} cores",
         "train_budget_minutes": budget,
@@ -202,10 +237,10 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     g, b = results["test_2016_flickr"]["greedy"], results["test_2016_flickr"]["beam5"]
     print(f"Multi30k en->de test_2016_flickr, {recipe} recipe, {budget:g} min budget on {results['device']}")
-    for name, r in (("greedy", g), ("beam 5", b)):
+    for label, r in (("greedy", g), ("beam 5", b)):
         m = r["metrics"]
         print(
-            f"  {name:7s} BLEU {m['bleu']}  chrF {m['chrf']}  {r['sentences_per_second']} sent/s  {r['tokens_per_second']} tok/s"
+            f"  {label:7s} BLEU {m['bleu']}  chrF {m['chrf']}  {r['sentences_per_second']} sent/s  {r['tokens_per_second']} tok/s"
         )
     print(f"  signature {b['metrics']['bleu_signature']}")
     print(f"  training: {train['epochs']} epochs, {train['train_seconds']} s, {train['tokens_per_second']} tok/s, "
@@ -214,6 +249,7 @@ def main() -> None:
     print(f"  beam 5 batched vs one at a time: {bb['speedup']}x, identical output: {bb['identical_output']}")
     print(f"  greedy, one sentence at a time: {results['greedy_one_at_a_time']['sentences_per_second']} sent/s")
     print(f"  {params_count / 1e6:.1f}M parameters, peak memory {results['peak_memory_mb']} MB -> {out}")
+    return results
 
 
 if __name__ == "__main__":

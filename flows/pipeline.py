@@ -30,6 +30,7 @@ from prefect.runtime import flow_run
 from s2s import layout
 from s2s.config import Params, PromoteConfig, RegistryConfig, load_params
 from s2s.errors import S2SError
+from s2s.metrics import METRICS
 from s2s.promotion import Floor
 from s2s.registry import (
     DECISION_TAG,
@@ -402,7 +403,8 @@ def promotion_gate(workspace: Path, registry: RegistryConfig, promote: PromoteCo
         logger.info("v%s: test %s %.2f", version, metric, value)
         return value
 
-    floor = Floor(copy_source=float(evaluated[f"copy_source_{metric}"]), min_score=promote.min_score)
+    bound = promote.min_score if METRICS[metric].higher_is_better else promote.max_score
+    floor = Floor(metric, copy_source=float(evaluated[f"copy_source_{metric}"]), bound=bound)
     decision = run_gate(client, registered.name, registered.version, metric, promote.margin, scorer, floor)
     logger.info("gate: %s", decision.reason)
     return {"decision": "promoted" if decision.promote else "rejected", **asdict(decision)}
@@ -420,7 +422,8 @@ def _report(metrics: dict[str, Any], registered: Registered, gate: dict[str, Any
         f"| {gate.get('metric', 'bleu')} | {gate.get('challenger', metrics['bleu'])} | {vs} |\n\n"
         f"**Gate: {gate['decision']}** — {gate.get('reason', '')}\n\n"
         f"| metric | value |\n|---|---|\n"
-        f"| BLEU | {metrics['bleu']} |\n| chrF | {metrics['chrf']} |\n| TER | {metrics['ter']} |\n"
+        f"| BLEU | {metrics['bleu']} |\n| chrF | {metrics['chrf']} |\n| TER (lower is better) | {metrics['ter']} |\n"
+        f"| ROUGE-1 / ROUGE-2 / ROUGE-L (F) | {metrics['rouge1']} / {metrics['rouge2']} / {metrics['rougeL']} |\n"
         f"| copy-the-source BLEU | {metrics['copy_source_bleu']} |\n\n"
         f"`{metrics['bleu_signature']}`\n\n"
         f"Model **[{registered.name} v{registered.version}]({version_link})** "

@@ -20,7 +20,8 @@ from s2s.errors import S2SError
 from s2s.models import Seq2Seq, build_model
 
 FORMAT = "s2s-checkpoint"
-VERSION = 1
+# 2: the recurrent decoders follow their papers (model.rnn.decoder). Version 1 Transformers still load as they are.
+VERSION = 2
 
 
 class CheckpointError(S2SError, RuntimeError):
@@ -69,8 +70,14 @@ def read(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable s2s checkpoint (truncated or foreign file?): {err}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an s2s checkpoint (no '{FORMAT}' marker)")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported (expected {VERSION})")
+    version = payload.get("version")
+    if version == 1 and payload.get("model_config", {}).get("arch") == "rnn":
+        raise CheckpointError(
+            f"{path}: a recurrent model from before the decoders followed their papers (checkpoint version 1); "
+            "retrain it (registered versions keep loading: each carries the code it was trained with)"
+        )
+    if version not in (1, VERSION):
+        raise CheckpointError(f"{path}: checkpoint version {version} is not supported (expected {VERSION})")
     return payload
 
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s2s.errors import S2SError
+from s2s.metrics import MetricName, metric
 
 
 class ConfigError(S2SError, ValueError):
@@ -116,6 +117,13 @@ class TokenizerConfig(_Section):
 # ---------------------------------------------------------------------------- model
 
 
+# Values of `model.rnn.attention` before the decoders followed their papers, and what replaced them.
+_RENAMED_ATTENTION = {
+    "none": "the context vector alone is now `decoder: sutskever` (or `cho`, which feeds it to every step)",
+    "additive": "Bahdanau's attention is now `decoder: bahdanau`; Luong's placement of that score is `attention: concat`",
+}
+
+
 class RNNConfig(_Section):
     cell: Literal["lstm", "gru"] = "lstm"
     emb_dim: int = Field(default=128, ge=1)
@@ -123,7 +131,18 @@ class RNNConfig(_Section):
     layers: int = Field(default=1, ge=1)
     bidirectional: bool = True
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
-    attention: Literal["none", "dot", "general", "additive"] = "general"
+    decoder: Literal["sutskever", "cho", "bahdanau", "luong"] = "luong"
+    attention: Literal["dot", "general", "concat"] = "general"  # Luong's score; Bahdanau's is additive by definition
+    input_feeding: bool = True  # Luong: the previous attentional state joins the step's input
+    reverse_source: bool = False  # Sutskever: read the source backwards (any decoder)
+    maxout: bool = False  # Cho / Bahdanau: maxout (pool 2) in the deep output layer instead of tanh
+
+    @field_validator("attention", mode="before")
+    @classmethod
+    def _renamed(cls, value: Any) -> Any:
+        if value in _RENAMED_ATTENTION:
+            raise ValueError(f"{value!r} is no longer an attention: {_RENAMED_ATTENTION[value]}")
+        return value
 
 
 class TransformerConfig(_Section):
@@ -195,6 +214,7 @@ class TrainConfig(_Section):
     teacher_forcing: float = Field(default=1.0, ge=0.0, le=1.0)
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
     valid_bleu_sentences: int = Field(default=500, ge=1)
+    select_metric: MetricName = "bleu"  # on the validation sentences; picks the checkpoint kept and drives patience
     max_tokens: int = Field(default=128, ge=2)
     threads: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=200, ge=0)
@@ -243,9 +263,18 @@ class RegistryConfig(_Section):
 
 class PromoteConfig(_Section):
     enabled: bool = True
-    metric: Literal["bleu", "chrf"] = "bleu"
+    metric: MetricName = "bleu"
     margin: float = Field(default=0.0, ge=0.0)
-    min_score: float = Field(default=0.0, ge=0.0)
+    min_score: float = Field(default=0.0, ge=0.0)  # metrics where higher is better
+    max_score: float | None = Field(default=None, ge=0.0)  # metrics where lower is better (TER)
+
+    @model_validator(mode="after")
+    def _bound_fits_metric(self) -> PromoteConfig:
+        if metric(self.metric).higher_is_better and self.max_score is not None:
+            raise ValueError(f"max_score bounds metrics where lower is better; {self.metric}: use min_score")
+        if not metric(self.metric).higher_is_better and self.min_score:
+            raise ValueError(f"min_score bounds metrics where higher is better; {self.metric} is lower-better: use max_score")
+        return self
 
 
 class RemoteConfig(_Section):

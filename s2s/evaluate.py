@@ -13,6 +13,7 @@ from sacrebleu.metrics import BLEU
 
 from s2s.config import EvaluateConfig
 from s2s.layout import read_prepared
+from s2s.metrics import METRIC_NAMES
 from s2s.scoring import score
 from s2s.translate import Translator
 
@@ -64,9 +65,9 @@ def run(
     hypotheses = translator.translate(sources, cfg)
     seconds = time.perf_counter() - start
     metrics = score(hypotheses, references)
-    # The trivial baseline a model must beat: output the source unchanged.
-    copied = score(sources, references, with_ter=False)
-    metrics["copy_source_bleu"], metrics["copy_source_chrf"] = copied["bleu"], copied["chrf"]
+    # The trivial baseline a model must beat, in every metric the gate may use: output the source unchanged.
+    copied = score(sources, references)
+    metrics.update({f"copy_source_{name}": copied[name] for name in METRIC_NAMES})
     metrics["by_source_length"] = length_buckets(sources, hypotheses, references)
     metrics.update(
         sentences=len(sources),
@@ -83,10 +84,13 @@ def run(
         writer.writerow(["source", "reference", "hypothesis"])
         writer.writerows(zip(sources, references, hypotheses, strict=True))
     log.info(
-        "test BLEU %.2f  chrF %.2f  TER %.2f  (copying the source: BLEU %.2f)  %d sentences in %.1f s",
+        "test BLEU %.2f  chrF %.2f  TER %.2f  ROUGE-1/2/L %.2f/%.2f/%.2f  (copying the source: BLEU %.2f)  %d sentences %.1f s",
         metrics["bleu"],
         metrics["chrf"],
         metrics["ter"],
+        metrics["rouge1"],
+        metrics["rouge2"],
+        metrics["rougeL"],
         metrics["copy_source_bleu"],
         len(sources),
         seconds,

@@ -15,7 +15,7 @@ from s2s.translate import Translation
 def attention_heatmap(translation: Translation, path: Path, title: str | None = None) -> Path:
     """Save one sentence's source-target attention as a PNG; rows are output tokens (with </s>)."""
     if translation.attention is None:
-        raise ValueError("this model has no attention to draw (model.rnn.attention is 'none')")
+        raise ValueError("this model has no attention to draw (model.rnn.decoder is sutskever or cho)")
     rows = [*translation.tokens, "</s>"][: len(translation.attention)]
     cols = translation.source_tokens
     fig, ax = plt.subplots(figsize=(0.45 * len(cols) + 2.5, 0.4 * len(rows) + 2.0))

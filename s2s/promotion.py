@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from s2s.metrics import metric
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -21,41 +23,58 @@ class Decision:
 
 @dataclass(frozen=True)
 class Floor:
-    """What any champion must beat on the test set: copying the source unchanged, and a configured minimum."""
+    """What any champion must beat on the test set: copying the source unchanged, and a configured bound.
 
+    `bound` is promote.min_score for metrics where higher is better, promote.max_score (None: none) where lower is.
+    """
+
+    metric: str
     copy_source: float
-    min_score: float
+    bound: float | None
 
     @property
     def value(self) -> float:
-        return max(self.copy_source, self.min_score)
+        direction = metric(self.metric)
+        bounds = [self.copy_source] + ([self.bound] if self.bound is not None else [])
+        return max(bounds) if direction.higher_is_better else min(bounds)
 
-    def describe(self, metric: str) -> str:
-        return f"{metric} of copying the source {self.copy_source:.2f}, promote.min_score {self.min_score:.2f}"
+    def passes(self, score: float) -> bool:
+        return metric(self.metric).better(score, self.value)
+
+    def describe(self) -> str:
+        key = "min_score" if metric(self.metric).higher_is_better else "max_score"
+        bound = "none" if self.bound is None else f"{self.bound:.2f}"
+        return f"{self.metric} of copying the source {self.copy_source:.2f}, promote.{key} {bound}"
 
 
 def decide(
-    metric: str,
+    name: str,
     challenger: float,
     champion: float | None,
     champion_version: str | None,
     margin: float,
     floor: Floor | None = None,
 ) -> Decision:
-    """Never promote at or below the floor; above it, promote when there is no champion or on a win by more than `margin`."""
-    if floor is not None and challenger <= floor.value:
-        reason = f"{metric} {challenger:.2f} is not above the floor {floor.value:.2f} ({floor.describe(metric)})"
-        return Decision(False, reason, metric, challenger, champion, champion_version)
+    """Never promote unless better than the floor; then promote when there is no champion or on a win by more than `margin`.
+
+    "Better" and "win" follow the metric's direction: for TER (lower is better) a challenger at 40 beats a champion at 45 by 5.
+    """
+    direction = metric(name)
+    if floor is not None and not floor.passes(challenger):
+        reason = f"{name} {challenger:.2f} is not better than the floor {floor.value:.2f} ({floor.describe()})"
+        return Decision(False, reason, name, challenger, champion, champion_version)
     if champion is None or champion_version is None:
-        return Decision(True, "first version: no champion yet", metric, challenger, None, None)
-    gain = challenger - champion
+        return Decision(True, "first version: no champion yet", name, challenger, None, None)
+    gain = direction.gain(challenger, champion)
+    lower = "" if direction.higher_is_better else ", lower is better"
     if gain > margin:
         reason = (
-            f"{metric} {challenger:.2f} beats champion v{champion_version} ({champion:.2f}) by {gain:+.2f} > margin {margin:.2f}"
+            f"{name} {challenger:.2f} beats champion v{champion_version} ({champion:.2f}{lower}) by {gain:+.2f} "
+            f"> margin {margin:.2f}"
         )
-        return Decision(True, reason, metric, challenger, champion, champion_version)
+        return Decision(True, reason, name, challenger, champion, champion_version)
     reason = (
-        f"{metric} {challenger:.2f} vs champion v{champion_version} ({champion:.2f}): "
+        f"{name} {challenger:.2f} vs champion v{champion_version} ({champion:.2f}{lower}): "
         f"{gain:+.2f} does not exceed margin {margin:.2f}"
     )
-    return Decision(False, reason, metric, challenger, champion, champion_version)
+    return Decision(False, reason, name, challenger, champion, champion_version)

@@ -207,7 +207,7 @@ def log_run(inputs: RunInputs, tags: dict[str, str]) -> None:
     metrics = json.loads(inputs.file(layout.EVAL_METRICS).read_text())
     numeric = {**{f"train/{k}": v for k, v in summary.items()}, **{f"test/{k}": v for k, v in metrics.items()}}
     mlflow.log_metrics({k: float(v) for k, v in numeric.items() if isinstance(v, int | float) and not isinstance(v, bool)})
-    mlflow.set_tag("test.bleu_signature", metrics.get("bleu_signature", ""))
+    mlflow.set_tags({f"test.{k}": v for k, v in metrics.items() if k.endswith("_signature")})
     for path in (layout.EVAL_METRICS, layout.HYPOTHESES, layout.TRAIN_CURVE, layout.TRAIN_SUMMARY, layout.INGEST_STATS):
         mlflow.log_artifact(str(inputs.file(path)), artifact_path=REPORTS_DIR)
     if inputs.file(layout.ATTENTION_DIR).is_dir():
@@ -302,7 +302,7 @@ def score_model(
         hypotheses += [str(h) for h in model.predict(sources[start : start + chunk])]
         if progress is not None:
             progress(len(hypotheses), len(sources))
-    return float(score(hypotheses, references, with_ter=False)[metric])
+    return float(score(hypotheses, references, metrics=(metric,))[metric])
 
 
 def score_tag(sources: list[str], references: list[str], metric: str) -> str:
@@ -352,7 +352,7 @@ def run_gate(
     if current is not None and str(current.version) == str(version):
         return Decision(False, f"v{version} is already the champion", metric, float("nan"), None, str(version))
     challenger_score = scorer(version)
-    below_floor = floor is not None and challenger_score <= floor.value  # no need to decode the champion
+    below_floor = floor is not None and not floor.passes(challenger_score)  # then no need to decode the champion
     champion_score = scorer(str(current.version)) if current is not None and not below_floor else None
     decision = decide(metric, challenger_score, champion_score, str(current.version) if current else None, margin, floor)
     _set_tags(

@@ -40,6 +40,7 @@ from s2s.batching import Batch, ParallelData, bucket_indices
 from s2s.config import EvaluateConfig, ModelConfig, TrainConfig
 from s2s.errors import Interrupted, S2SError
 from s2s.layout import MODEL_FILE, read_prepared
+from s2s.metrics import METRICS, Metric
 from s2s.models import Seq2Seq, build_model
 from s2s.scoring import score
 from s2s.tokenizer import PAD, Tokenizers
@@ -47,7 +48,7 @@ from s2s.translate import Translator, resolve_device
 
 log = logging.getLogger(__name__)
 
-CURVE_FIELDS = ("epoch", "train_loss", "valid_loss", "valid_ppl", "valid_bleu", "tokens_per_second", "seconds")
+CURVE_FIELDS = ("epoch", "train_loss", "valid_loss", "valid_ppl", "valid_bleu", "valid_score", "tokens_per_second", "seconds")
 
 
 class TrainingError(S2SError, RuntimeError):
@@ -77,6 +78,7 @@ class EpochResult:
     valid_loss: float
     valid_ppl: float
     valid_bleu: float
+    valid_score: float  # train.select_metric on the validation sentences (= valid_bleu when that is bleu)
     tokens_per_second: float
     seconds: float
 
@@ -144,7 +146,8 @@ class Progress:
     loss_tokens: int = 0
     epoch_seconds: float = 0.0
     seconds: float = 0.0  # training wall time before the last resume state was saved
-    best_bleu: float = -1.0
+    best_score: float | None = None  # train.select_metric of the kept checkpoint; None before the first validation
+    best_bleu: float = -1.0  # that checkpoint's validation BLEU
     history: list[EpochResult] = field(default_factory=list)
     updates: int = 0  # optimizer steps of the whole run
 
@@ -164,11 +167,16 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def stop_early(valid_bleu: list[float], patience: int) -> bool:
-    """Early stopping: the last `patience` epochs brought no validation BLEU above the best before them."""
-    if not patience or len(valid_bleu) <= patience:
+def stop_early(scores: list[float], patience: int, direction: Metric = METRICS["bleu"]) -> bool:
+    """Early stopping: the last `patience` epochs brought no validation score better than the best before them."""
+    if not patience or len(scores) <= patience:
         return False
-    return max(valid_bleu[-patience:]) <= max(valid_bleu[:-patience])
+    return not direction.better(direction.best(scores[-patience:]), direction.best(scores[:-patience]))
+
+
+def improves(score: float, best: float | None, direction: Metric) -> bool:
+    """At least as good as the best so far (a tie keeps the later, longer-trained checkpoint)."""
+    return best is None or direction.gain(score, best) >= 0
 
 
 BUDGET_PROBE = 10  # updates timed before the time budget is checked against warm-up and the first epoch
@@ -233,6 +241,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.world = world = world or distributed.World()
         self.cfg, self.model_cfg, self.eval_cfg = cfg, model_cfg, eval_cfg
+        self.direction = METRICS[cfg.select_metric]
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda" and world.enabled:
             self.device = torch.device("cuda", world.local_rank)
@@ -387,22 +396,29 @@ class Trainer:
     def validate(self, epoch: int, seconds: float) -> EpochResult:
         p = self.progress
         valid_loss = validation_loss(self.model, self.valid_batches, self.device)
-        hyps = self.translator.translate([s for s, _ in self.bleu_pairs], self.eval_cfg.model_copy(update={"beam_size": 1}))
-        valid_bleu = score(hyps, [t for _, t in self.bleu_pairs], with_ter=False)["bleu"]
+        valid_bleu, valid_score = self.valid_scores()
         result = EpochResult(
             epoch,
             round(p.loss_sum / max(p.loss_tokens, 1), 4),
             round(valid_loss, 4),
             round(math.exp(min(valid_loss, 50)), 3),
             valid_bleu,
+            valid_score,
             round(p.tokens / max(seconds, 1e-9), 1),
             round(seconds, 1),
         )
+        chosen = "" if self.cfg.select_metric == "bleu" else f"  valid {self.cfg.select_metric} {valid_score:.2f}"
         log.info(
-            "epoch %d done: train loss %.3f  valid loss %.3f  valid BLEU %.2f  %.0f tok/s  %.0f s",
-            epoch, result.train_loss, valid_loss, valid_bleu, result.tokens_per_second, seconds,
+            "epoch %d done: train loss %.3f  valid loss %.3f  valid BLEU %.2f%s  %.0f tok/s  %.0f s",
+            epoch, result.train_loss, valid_loss, valid_bleu, chosen, result.tokens_per_second, seconds,
         )  # fmt: skip
         return result
+
+    def valid_scores(self) -> tuple[float, float]:
+        """Greedy decoding of the validation sentences: their BLEU and their train.select_metric."""
+        hyps = self.translator.translate([s for s, _ in self.bleu_pairs], self.eval_cfg.model_copy(update={"beam_size": 1}))
+        scores = score(hyps, [t for _, t in self.bleu_pairs], metrics=("bleu", self.cfg.select_metric))
+        return scores["bleu"], scores[self.cfg.select_metric]
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The global batches of `epoch` (sentence positions): the same on every rank, new for every epoch."""
@@ -452,17 +468,19 @@ class Trainer:
                 result = self.validate(epoch, time.perf_counter() - epoch_start) if world.is_main else None
             result = world.broadcast(result)
             p.history.append(result)
-            if result.valid_bleu >= p.best_bleu:
-                p.best_bleu = result.valid_bleu
+            if improves(result.valid_score, p.best_score, self.direction):
+                p.best_score, p.best_bleu = result.valid_score, result.valid_bleu
                 if world.is_main:
-                    self.save_checkpoint(out_dir, {"epoch": epoch, "valid_bleu": result.valid_bleu})
+                    scores = {"valid_bleu": result.valid_bleu, "valid_score": result.valid_score}
+                    self.save_checkpoint(out_dir, {"epoch": epoch, **scores})
                     if self.best_path is not None:  # DVC clears out_dir before a re-run; a resumed run needs this copy
                         self.best_path.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(out_dir / MODEL_FILE, self.best_path)
             if world.is_main:
                 write_curve(curve_path, p.history)
                 self.remember_weights()
-            self.progress = Progress(epoch=epoch + 1, best_bleu=p.best_bleu, history=p.history, updates=p.updates)
+            self.progress = Progress(epoch=epoch + 1, best_score=p.best_score, best_bleu=p.best_bleu, history=p.history,
+                                     updates=p.updates)  # fmt: skip
             if world.broadcast(self.out_of_time(self.elapsed()) or self.patience_exhausted()):  # rank 0 decides
                 break
             if epoch < cfg.epochs:
@@ -522,8 +540,8 @@ class Trainer:
         return bool(self.cfg.max_minutes) and elapsed > 60 * self.cfg.max_minutes
 
     def patience_exhausted(self) -> bool:
-        if stop_early([r.valid_bleu for r in self.progress.history], self.cfg.patience):
-            log.info("no better validation BLEU for %d epochs: stopping early", self.cfg.patience)
+        if stop_early([r.valid_score for r in self.progress.history], self.cfg.patience, self.direction):
+            log.info("no better validation %s for %d epochs: stopping early", self.cfg.select_metric, self.cfg.patience)
             return True
         return False
 
@@ -538,25 +556,22 @@ class Trainer:
             return
         averaged = {k: sum(sd[k].float() for sd in self.recent) / len(self.recent) for k in self.recent[0]}
         self.model.load_state_dict({k: v.to(self.recent[-1][k].dtype) for k, v in averaged.items()})
-        hyps = self.translator.translate([s for s, _ in self.bleu_pairs], self.eval_cfg.model_copy(update={"beam_size": 1}))
-        bleu = score(hyps, [t for _, t in self.bleu_pairs], with_ter=False)["bleu"]
-        log.info(
-            "average of the last %d epochs: valid BLEU %.2f (best single epoch %.2f)",
-            len(self.recent),
-            bleu,
-            self.progress.best_bleu,
-        )
-        if bleu > self.progress.best_bleu:
-            self.progress.best_bleu = bleu
-            self.save_checkpoint(out_dir, {"averaged_epochs": len(self.recent), "valid_bleu": bleu})
+        bleu, value = self.valid_scores()
+        p, name = self.progress, self.cfg.select_metric
+        log.info("average of the last %d epochs: valid %s %.2f (best epoch %.2f)", len(self.recent), name, value, p.best_score)
+        if p.best_score is None or self.direction.better(value, p.best_score):
+            p.best_score, p.best_bleu = value, bleu
+            self.save_checkpoint(out_dir, {"averaged_epochs": len(self.recent), "valid_bleu": bleu, "valid_score": value})
 
     def finish(self, summary_path: Path) -> dict[str, object]:
         history, processes = self.progress.history, self.world.world_size
         tokens_per_second = mean_tokens_per_second(history)
         summary: dict[str, object] = {
             "epochs": len(history),
+            "select_metric": self.cfg.select_metric,
+            "best_valid_score": self.progress.best_score,  # of the kept checkpoint
             "best_valid_bleu": self.progress.best_bleu,
-            "best_epoch": max(history, key=lambda r: (r.valid_bleu, r.epoch)).epoch,
+            "best_epoch": max(r.epoch for r in history if r.valid_score == self.direction.best(h.valid_score for h in history)),
             "updates": self.progress.updates,
             "resumed_at_update": self.resumed_at_update,  # 0: trained in one go
             "train_pairs": len(self.train_data),

@@ -56,7 +56,10 @@ def test_unknown_section_and_nested_key() -> None:
     [
         ({"train": {"epochs": "many"}}, r"train\.epochs: .*integer.*'many'"),
         ({"evaluate": {"beam_size": 0}}, r"evaluate\.beam_size: .*greater than or equal to 1.*got 0"),
-        ({"model": {"rnn": {"attention": "luong"}}}, r"model\.rnn\.attention: .*'none', 'dot', 'general' or 'additive'"),
+        ({"model": {"rnn": {"attention": "luong"}}}, r"model\.rnn\.attention: .*'dot', 'general' or 'concat'"),
+        ({"model": {"rnn": {"decoder": "elman"}}}, r"model\.rnn\.decoder: .*'sutskever', 'cho', 'bahdanau' or 'luong'"),
+        ({"model": {"rnn": {"attention": "none"}}}, r"model\.rnn\.attention: .*no longer an attention: .*decoder: sutskever"),
+        ({"model": {"rnn": {"attention": "additive"}}}, r"model\.rnn\.attention: .*decoder: bahdanau"),
         ({"train": {"teacher_forcing": 1.5}}, r"train\.teacher_forcing: .*less than or equal to 1"),
         ({"train": {"adam_betas": [0.9, 1.0]}}, r"train\.adam_betas\.1: .*less than 1"),
         ({"model": {"transformer": {"attention_dropout": -0.1}}}, r"model\.transformer\.attention_dropout: .*greater than"),

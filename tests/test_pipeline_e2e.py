@@ -318,7 +318,7 @@ def test_junk_first_model_is_never_champion_and_a_better_one_is(tmp_path: Path, 
     metrics = first["metrics"]
     assert first["gate"]["decision"] == "rejected"
     assert first["gate"]["reason"] == (
-        f"bleu {metrics['bleu']:.2f} is not above the floor {metrics['copy_source_bleu']:.2f} "
+        f"bleu {metrics['bleu']:.2f} is not better than the floor {metrics['copy_source_bleu']:.2f} "
         f"(bleu of copying the source {metrics['copy_source_bleu']:.2f}, promote.min_score 0.00)"
     )
     uri = f"sqlite:///{ws / 'mlflow.db'}"

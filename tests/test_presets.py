@@ -8,6 +8,7 @@ import pytest
 import yaml
 from conftest import REPO
 
+from benchmarks.multi30k import ARCHS, GPU_RECIPE
 from flows import presets
 from flows.cli import main
 from s2s.config import load_params
@@ -27,9 +28,9 @@ train:
 
 def test_every_preset_is_valid_and_described() -> None:
     found = {p.name: p for p in presets.available()}
-    assert set(found) == {"lstm-attention", "multi30k", "transformer-cpu", "transformer-gpu"}
+    recipes = (*ARCHS, GPU_RECIPE)
+    assert set(found) == {*recipes, "multi30k"}
     assert all(p.summary and not p.summary.startswith("#") for p in found.values())
-    recipes = ("lstm-attention", "transformer-cpu", "transformer-gpu")
     assert all("ingest" not in found[name].values for name in recipes)  # a recipe never replaces the user's data
     assert set(found["multi30k"].values) == {"ingest", "registry"}
 
@@ -70,10 +71,15 @@ def test_later_preset_wins_and_a_bad_combination_leaves_params_untouched(tmp_pat
 def test_s2s_presets_lists_each_with_its_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["lstm-attention", "multi30k", "transformer-cpu", "transformer-gpu"]
-    assert "22 minutes on 2 CPU cores" in lines[2] and lines[2].endswith("[tokenizer, model, train, evaluate]")
+    names = [line.split()[0] for line in lines]
+    assert names == sorted([*ARCHS, GPU_RECIPE, "multi30k"])
+    cpu = lines[names.index("transformer-cpu")]
+    assert "22 minutes on 2 CPU cores" in cpu and cpu.endswith("[tokenizer, model, train, evaluate]")
 
 
 def test_benchmark_reads_its_recipes_from_the_presets() -> None:
     source = (REPO / "benchmarks" / "multi30k.py").read_text()
-    assert 'RECIPES = {"cpu": "transformer-cpu", "gpu": "transformer-gpu"}' in source and '"d_model"' not in source
+    assert '"d_model"' not in source and '"hidden"' not in source  # no recipe values of its own
+    for name in (*ARCHS, GPU_RECIPE):  # every recipe it runs is a preset users can apply, measured at 22 CPU minutes
+        values = presets.find(name).values
+        assert values["train"]["max_minutes"] == (20 if name == GPU_RECIPE else 22)

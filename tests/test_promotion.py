@@ -33,15 +33,39 @@ def test_decide_rules() -> None:
 
 
 def test_decide_floor_stops_a_first_version_and_names_both_parts() -> None:
-    floor = Floor(copy_source=0.67, min_score=0.0)
+    floor = Floor("bleu", copy_source=0.67, bound=0.0)
     junk = decide("bleu", 0.01, None, None, 0.0, floor)
     assert not junk.promote
-    assert junk.reason == "bleu 0.01 is not above the floor 0.67 (bleu of copying the source 0.67, promote.min_score 0.00)"
-    assert not decide("bleu", 0.67, None, None, 0.0, floor).promote  # at the floor is not above it
+    assert junk.reason == "bleu 0.01 is not better than the floor 0.67 (bleu of copying the source 0.67, promote.min_score 0.00)"
+    assert not decide("bleu", 0.67, None, None, 0.0, floor).promote  # at the floor is not better than it
     assert decide("bleu", 0.68, None, None, 0.0, floor).promote
-    high = Floor(copy_source=0.67, min_score=25.0)
+    high = Floor("bleu", copy_source=0.67, bound=25.0)
     assert not decide("bleu", 24.0, 10.0, "1", 0.0, high).promote  # beats the champion, still under min_score
     assert decide("bleu", 26.0, 10.0, "1", 0.0, high).promote
+
+
+def test_ter_is_lower_better_in_the_gate_and_its_floor() -> None:
+    better = decide("ter", 40.0, 45.0, "2", 1.0)
+    assert better.promote and better.reason == "ter 40.00 beats champion v2 (45.00, lower is better) by +5.00 > margin 1.00"
+    worse = decide("ter", 46.0, 45.0, "2", 0.0)
+    assert not worse.promote
+    assert worse.reason == "ter 46.00 vs champion v2 (45.00, lower is better): -1.00 does not exceed margin 0.00"
+    # Copying the source has a TER of 90: a champion must be below it, and below promote.max_score when one is set.
+    floor = Floor("ter", copy_source=90.0, bound=None)
+    assert decide("ter", 89.0, None, None, 0.0, floor).promote
+    junk = decide("ter", 95.0, None, None, 0.0, floor)
+    assert not junk.promote
+    assert junk.reason == "ter 95.00 is not better than the floor 90.00 (ter of copying the source 90.00, promote.max_score none)"
+    assert not decide("ter", 60.0, None, None, 0.0, Floor("ter", copy_source=90.0, bound=50.0)).promote
+
+
+def test_gate_on_ter_keeps_the_lower_score(client: MlflowClient) -> None:
+    scores = {"1": 50.0, "2": 55.0, "3": 42.0}
+    gate = lambda v: run_gate(client, NAME, v, "ter", 0.5, scores.__getitem__)  # noqa: E731
+    assert gate("1").promote and champion(client) == "1"
+    assert not gate("2").promote and champion(client) == "1"  # a higher TER is worse
+    assert gate("3").promote and champion(client) == "3"
+    assert tags(client, "3")["s2s.gate.metric"] == "ter"
 
 
 @pytest.fixture
@@ -114,7 +138,7 @@ def test_gate_with_a_floor_never_crowns_junk_and_decodes_no_champion_for_it(clie
         scored.append(version)
         return {"1": 0.01, "2": 12.0, "3": 0.5}[version]
 
-    floor = Floor(copy_source=0.67, min_score=0.0)
+    floor = Floor("bleu", copy_source=0.67, bound=0.0)
     assert not run_gate(client, NAME, "1", "bleu", 0.0, scorer, floor).promote
     assert get_alias(client, NAME, CHAMPION) is None  # the first version too: junk is never champion
     assert tags(client, "1")[DECISION_TAG] == "rejected" and tags(client, "1")["s2s.gate.floor"] == "0.67"

@@ -32,7 +32,7 @@ def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> Tokenizers:
 @pytest.mark.parametrize(
     "cfg",
     [
-        ModelConfig(rnn=RNNConfig(emb_dim=16, hidden=16, attention="additive")),
+        ModelConfig(rnn=RNNConfig(emb_dim=16, hidden=16, decoder="bahdanau")),
         ModelConfig(
             arch="transformer", transformer=TransformerConfig(d_model=16, heads=2, encoder_layers=1, decoder_layers=1, ff=32)
         ),
@@ -69,7 +69,7 @@ def test_heatmap_file(tokenizers: Tokenizers, tmp_path: Path) -> None:
     [t] = translator.translate_with_attention(SOURCES[:1])
     path = attention_heatmap(t, tmp_path / "map.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    no_attention = build_model(ModelConfig(rnn=RNNConfig(emb_dim=8, hidden=8, attention="none")), vocab, vocab)
+    no_attention = build_model(ModelConfig(rnn=RNNConfig(emb_dim=8, hidden=8, decoder="sutskever")), vocab, vocab)
     [plain] = Translator(no_attention, tokenizers, torch.device("cpu")).translate_with_attention(SOURCES[:1])
     with pytest.raises(ValueError, match="no attention to draw"):
         attention_heatmap(plain, tmp_path / "none.png")

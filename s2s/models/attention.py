@@ -1,8 +1,10 @@
 """Source-target attention: score every source position, softmax, weighted sum.
 
-All variants score a whole block of decoder queries at once, (B, T, H) against
-(B, S, H) keys, so training runs attention for every target step in one call
-and incremental decoding is the T = 1 case of the same code.
+All variants score a whole block of decoder queries at once, (B, T, Hq)
+against (B, S, Hk) keys, so a decoder that attends after its recurrence runs
+attention for every target step in one call, and step-by-step decoding is the
+T = 1 case of the same code. The part of a score that depends on the keys
+alone is computed once per batch (`prepare`) and reused at every step.
 """
 
 from __future__ import annotations
@@ -12,49 +14,58 @@ from torch import nn
 
 
 class Attention(nn.Module):
-    """Base class: subclasses define `score`; masking, softmax and the sum are shared."""
+    """Base class: subclasses define `score` (and `prepare`); masking, softmax and the sum are shared."""
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """(B, T, Hq), (B, S, Hk) -> (B, T, S) unnormalised scores."""
+    def prepare(self, keys: torch.Tensor) -> torch.Tensor:
+        """(B, S, Hk) encoder outputs -> what `score` takes as keys; once per batch."""
+        return keys
+
+    def score(self, query: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        """(B, T, Hq), prepared keys (B, S, *) -> (B, T, S) unnormalised scores."""
         raise NotImplementedError
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """query (B, T, Hq), keys (B, S, Hk), mask (B, S) true on real tokens.
+    def forward(
+        self, query: torch.Tensor, prepared: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, T, Hq), prepared keys, values (B, S, Hv), mask (B, S) true on real tokens.
 
-        Returns the context (B, T, Hk) and the weights (B, T, S), which sum to 1
+        Returns the context (B, T, Hv) and the weights (B, T, S), which sum to 1
         over the unmasked source positions and are exactly 0 on padding.
         """
-        scores = self.score(query, keys)  # (B, T, S)
+        scores = self.score(query, prepared)  # (B, T, S)
         scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
         weights = torch.softmax(scores, dim=-1)  # (B, T, S)
-        return weights @ keys, weights  # (B, T, Hk), (B, T, S)
+        return weights @ values, weights  # (B, T, Hv), (B, T, S)
 
 
 class DotAttention(Attention):
-    """Luong dot: score = q . k (query and key sizes must match)."""
+    """Luong dot: score = h_t . h_s (query and key sizes must match)."""
 
     def __init__(self, query_size: int, key_size: int) -> None:
         super().__init__()
         if query_size != key_size:
             raise ValueError(f"dot attention needs equal sizes, got query {query_size} and key {key_size}")
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        return query @ keys.transpose(1, 2)
+    def score(self, query: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        return query @ prepared.transpose(1, 2)
 
 
 class GeneralAttention(Attention):
-    """Luong general: score = q W k."""
+    """Luong general: score = h_t W_a h_s."""
 
     def __init__(self, query_size: int, key_size: int) -> None:
         super().__init__()
         self.proj = nn.Linear(key_size, query_size, bias=False)
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        return query @ self.proj(keys).transpose(1, 2)
+    def prepare(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.proj(keys)  # (B, S, Hq)
+
+    def score(self, query: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        return query @ prepared.transpose(1, 2)
 
 
 class AdditiveAttention(Attention):
-    """Bahdanau additive: score = v . tanh(W q + U k)."""
+    """Bahdanau's score, v . tanh(W q + U k); Luong calls it concat, v . tanh(W_a [h_t; h_s])."""
 
     def __init__(self, query_size: int, key_size: int, size: int | None = None) -> None:
         super().__init__()
@@ -63,21 +74,24 @@ class AdditiveAttention(Attention):
         self.k_proj = nn.Linear(key_size, size, bias=False)
         self.v = nn.Linear(size, 1, bias=False)
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def prepare(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.k_proj(keys)  # (B, S, A): U h_j, the same at every decoder step
+
+    def score(self, query: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
         q = self.q_proj(query)[:, :, None, :]  # (B, T, 1, A)
-        k = self.k_proj(keys)[:, None, :, :]  # (B, 1, S, A)
-        return self.v(torch.tanh(q + k)).squeeze(-1)  # (B, T, S)
+        return self.v(torch.tanh(q + prepared[:, None, :, :])).squeeze(-1)  # (B, T, S)
 
 
-ATTENTION: dict[str, type[Attention]] = {
+# Luong et al. 2015's names for the scores of its global attention.
+LUONG_SCORES: dict[str, type[Attention]] = {
     "dot": DotAttention,
     "general": GeneralAttention,
-    "additive": AdditiveAttention,
+    "concat": AdditiveAttention,
 }
 
 
 def build_attention(kind: str, query_size: int, key_size: int) -> Attention:
     try:
-        return ATTENTION[kind](query_size, key_size)
+        return LUONG_SCORES[kind](query_size, key_size)
     except KeyError:
-        raise ValueError(f"unknown attention {kind!r}; choose one of {sorted(ATTENTION)}") from None
+        raise ValueError(f"unknown attention {kind!r}; choose one of {sorted(LUONG_SCORES)}") from None

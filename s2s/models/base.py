@@ -21,7 +21,7 @@ class DecoderState:
     memory: torch.Tensor  # (B, S, H) encoder outputs
     mask: torch.Tensor  # (B, S) true on real source tokens
     hidden: tuple[torch.Tensor, ...] = ()  # RNN: (L, B, H) each (h, and c for LSTM); batch on dim 1
-    cache: tuple[torch.Tensor, ...] = ()  # Transformer: keys/values, (B, heads, T, Dh) each; batch on dim 0
+    cache: tuple[torch.Tensor, ...] = ()  # what the decoder carries between steps (attention keys, input feed...); batch on dim 0
     step: int = 0  # target tokens consumed so far (the next token's position)
 
     def select(self, index: torch.Tensor) -> DecoderState:

@@ -1,12 +1,15 @@
-"""Recurrent encoder-decoder (Sutskever et al. 2014; Cho et al. 2014), with or
-without Luong / Bahdanau attention.
+"""Recurrent encoder-decoder: an LSTM/GRU encoder, a bridge, and one of the
+decoders of `s2s.models.rnn_decoders` (Sutskever, Cho, Bahdanau, Luong).
 
-The encoder's final hidden (and cell) state is the context vector: a bridge
-maps it to the decoder's initial state. With attention, the decoder output at
-each step is combined with an attention-weighted sum of encoder outputs
-(Luong et al. 2015, global attention). Attention is computed after the RNN
-step rather than fed back into it, so with teacher forcing the whole target
-runs through the RNN in one call, which is several times faster on CPU.
+The bridge turns the encoder's final state (the context vector) into the
+decoder's initial state: copied as is when the sizes match (Sutskever et
+al.'s multi-layer LSTM), else mapped by a linear layer per state, with tanh
+on h (a hidden state lives in [-1, 1]) and none on an LSTM's cell state.
+Squashing the cell state is what kept the context-only LSTM from learning:
+an encoder's c is unbounded (std 2-7 on the default corpus early in
+training), the bridge's pre-activation had a std of 20-50, tanh saturated,
+the decoder started from a near-constant c and no gradient reached the
+encoder through it.
 """
 
 from __future__ import annotations
@@ -16,18 +19,18 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from s2s.config import RNNConfig
-from s2s.models.attention import build_attention
 from s2s.models.base import DecoderOutput, DecoderState, Seq2Seq
 from s2s.models.dropout import Dropout
+from s2s.models.rnn_decoders import DECODERS, recurrent
 from s2s.tokenizer import PAD
 
-_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
-
-def _recurrent(cfg: RNNConfig, bidirectional: bool) -> nn.RNNBase:
-    """The configured LSTM/GRU stack over embeddings; dropout between layers only when there are several."""
-    dropout = cfg.dropout if cfg.layers > 1 else 0.0
-    return _CELLS[cfg.cell](cfg.emb_dim, cfg.hidden, cfg.layers, batch_first=True, bidirectional=bidirectional, dropout=dropout)
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each row's first `lengths[b]` positions of x (B, S, ...); padding stays at the end."""
+    positions = torch.arange(x.size(1), device=x.device)[None, :]  # (1, S)
+    index = lengths[:, None].to(x.device) - 1 - positions  # (B, S)
+    index = torch.where(index >= 0, index, positions)
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
 
 
 class RNNEncoder(nn.Module):
@@ -36,7 +39,7 @@ class RNNEncoder(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(vocab, cfg.emb_dim, padding_idx=PAD)
         self.dropout = Dropout(cfg.dropout)
-        self.rnn = _recurrent(cfg, cfg.bidirectional)
+        self.rnn = recurrent(cfg, cfg.emb_dim, cfg.bidirectional)
         self.output_size = cfg.hidden * (2 if cfg.bidirectional else 1)
 
     def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -57,57 +60,40 @@ class RNNEncoder(nn.Module):
         return state.view(layers, 2, batch, -1).transpose(1, 2).reshape(layers, batch, -1)
 
 
-class RNNDecoder(nn.Module):
-    def __init__(self, vocab: int, encoder_size: int, cfg: RNNConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.embed = nn.Embedding(vocab, cfg.emb_dim, padding_idx=PAD)
-        self.dropout = Dropout(cfg.dropout)
-        self.rnn = _recurrent(cfg, bidirectional=False)
-        self.attention = None
-        out_in = cfg.hidden
-        if cfg.attention != "none":
-            # Dot attention needs keys of the decoder's size: project the encoder outputs once.
-            self.key_proj = nn.Linear(encoder_size, cfg.hidden, bias=False) if cfg.attention == "dot" else None
-            key_size = cfg.hidden if cfg.attention == "dot" else encoder_size
-            self.attention = build_attention(cfg.attention, cfg.hidden, key_size)
-            self.combine = nn.Linear(cfg.hidden + key_size, cfg.hidden)
-        self.out = nn.Linear(out_in, vocab)
+class Bridge(nn.Module):
+    """The encoder's final states (L, B, K) each -> the decoder's initial states (L, B, H)."""
 
-    def forward(self, tgt_in: torch.Tensor, state: DecoderState) -> DecoderOutput:
-        emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
-        hidden = state.hidden if len(state.hidden) > 1 else state.hidden[0]
-        out, new_hidden = self.rnn(emb, hidden)  # (B, T, H)
-        new_state = DecoderState(
-            memory=state.memory,
-            mask=state.mask,
-            hidden=new_hidden if isinstance(new_hidden, tuple) else (new_hidden,),
-            step=state.step + tgt_in.size(1),
-        )
-        weights = None
-        if self.attention is not None:
-            context, weights = self.attention(out, state.memory, state.mask)  # (B, T, K), (B, T, S)
-            out = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))  # (B, T, H)
-        return DecoderOutput(self.out(self.dropout(out)), new_state, weights)
+    def __init__(self, encoder_size: int, cfg: RNNConfig) -> None:
+        super().__init__()
+        n_states = 2 if cfg.cell == "lstm" else 1
+        self.copy = encoder_size == cfg.hidden
+        self.maps = nn.ModuleList() if self.copy else nn.ModuleList(nn.Linear(encoder_size, cfg.hidden) for _ in range(n_states))
+
+    def forward(self, final: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if self.copy:
+            return tuple(s.contiguous() for s in final)
+        h = torch.tanh(self.maps[0](final[0]))
+        return (h.contiguous(), *(m(s).contiguous() for m, s in zip(self.maps[1:], final[1:], strict=True)))
 
 
 class RNNSeq2Seq(Seq2Seq):
     def __init__(self, src_vocab: int, tgt_vocab: int, cfg: RNNConfig) -> None:
         super().__init__()
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.reverse_source = cfg.reverse_source
         self.encoder = RNNEncoder(src_vocab, cfg)
-        self.decoder = RNNDecoder(tgt_vocab, self.encoder.output_size, cfg)
-        # The bridge turns the context vector into the decoder's initial state.
-        n_states = 2 if cfg.cell == "lstm" else 1
-        self.bridge = nn.ModuleList(nn.Linear(self.encoder.output_size, cfg.hidden) for _ in range(n_states))
+        self.bridge = Bridge(self.encoder.output_size, cfg)
+        self.decoder = DECODERS[cfg.decoder](tgt_vocab, self.encoder.output_size, cfg)
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> DecoderState:
-        memory, final = self.encoder(src, src_len)  # (B, S, D*H), (L, B, D*H)
-        if self.decoder.attention is not None and self.decoder.key_proj is not None:
-            memory = self.decoder.key_proj(memory)  # (B, S, H)
-        hidden = tuple(torch.tanh(bridge(state)).contiguous() for bridge, state in zip(self.bridge, final, strict=True))
-        mask = torch.arange(src.size(1), device=src.device)[None, :] < src_len[:, None]  # (B, S)
-        return DecoderState(memory=memory, mask=mask, hidden=hidden)
+        if self.reverse_source:
+            src = reverse_padded(src, src_len)
+        memory, final = self.encoder(src, src_len)  # (B, S, D*H), (L, B, D*H) each
+        if self.reverse_source:
+            memory = reverse_padded(memory, src_len)  # back in source order: attention weights index real positions
+        mask = torch.arange(src.size(1), device=src.device)[None, :] < src_len[:, None].to(src.device)  # (B, S)
+        cache = self.decoder.start(memory, mask, summary=final[0][-1])  # summary: the top layer's final h (B, D*H)
+        return DecoderState(memory=memory, mask=mask, hidden=self.bridge(final), cache=cache)
 
     def decode(self, tgt_in: torch.Tensor, state: DecoderState) -> DecoderOutput:
         return self.decoder(tgt_in, state)
