@@ -17,12 +17,13 @@ REPO = Path(__file__).resolve().parent.parent
 MULTI30K = REPO.parent / "shared" / "data" / "multi30k"
 
 # A config small enough to run the whole pipeline in seconds, still big enough to learn something: its model beats
-# copying the source (test BLEU 0.81 against 0.12), so the promotion gate's floor lets it become champion.
+# copying the source (test BLEU 0.90 against 0.12), so the promotion gate's floor lets it become champion. Luong's
+# decoder without input feeding: in two epochs of 1,500 pairs the default (input feeding, lr 0.01) reached only 0.12.
 TINY_PARAMS: dict[str, Any] = {
     "ingest": {"builtin": {"pairs": 1500, "seed": 3}, "holdout": {"valid": 100, "test": 100}},
     "tokenizer": {"model_type": "bpe", "vocab_size": 300},
-    "model": {"arch": "rnn", "rnn": {"emb_dim": 32, "hidden": 48, "dropout": 0.0}},
-    "train": {"epochs": 2, "batch_tokens": 1500, "lr": 0.01, "valid_bleu_sentences": 50, "threads": 1},
+    "model": {"arch": "rnn", "rnn": {"emb_dim": 32, "hidden": 48, "dropout": 0.0, "input_feeding": False}},
+    "train": {"epochs": 2, "batch_tokens": 1500, "lr": 0.02, "valid_bleu_sentences": 50, "threads": 1},
     "evaluate": {"batch_size": 64},
 }
 

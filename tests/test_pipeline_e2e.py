@@ -15,6 +15,7 @@ from conftest import TINY_PARAMS, deep_merge, make_workspace, run
 
 from flows.workspace import GIT
 from s2s import checkpoint, layout
+from s2s.metrics import METRIC_NAMES
 
 pytestmark = pytest.mark.slow
 
@@ -100,6 +101,11 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     assert "attention/sentence_01.png" in logged
     history = client.get_metric_history(versions[0]["run_id"], "epoch/valid_bleu")
     assert [m.step for m in history] == [1, 2]
+    # Every metric the evaluate stage computed, ROUGE included, is in the run, with the copy-the-source baseline.
+    run_metrics = client.get_run(versions[0]["run_id"]).data.metrics
+    for name in METRIC_NAMES:
+        assert run_metrics[f"test/{name}"] == metrics[name] and f"copy_source_{name}" in metrics
+    assert client.get_run(versions[0]["run_id"]).data.tags["test.rouge_signature"] == metrics["rouge_signature"]
     # What was logged is what trained: the run's params are the params the checkpoint was made with.
     logged = client.get_run(versions[0]["run_id"]).data.params
     payload = checkpoint.read(ws / layout.MODEL_DIR / layout.MODEL_FILE)
@@ -118,7 +124,7 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     alone = make_workspace(tmp_path / "alone", TINY_PARAMS)
     run([sys.executable, "-m", "dvc", "repro"], alone)
     again = json.loads((alone / "metrics/eval.json").read_text())
-    assert {k: again[k] for k in ("bleu", "chrf", "ter")} == {k: metrics[k] for k in ("bleu", "chrf", "ter")}
+    assert {k: again[k] for k in METRIC_NAMES} == {k: metrics[k] for k in METRIC_NAMES}
     assert (alone / "reports/hypotheses.tsv").read_text() == (ws / "reports/hypotheses.tsv").read_text()
 
     # Nothing changed: every stage skipped, nothing registered.

@@ -177,3 +177,20 @@ def test_cuda_bf16_and_compile(prepared: tuple[Path, Path, Path]) -> None:
         assert summary["device"].startswith("cuda")
         with (root / "gpu.csv").open() as handle:
             assert all(math.isfinite(float(r["valid_loss"])) for r in csv.DictReader(handle))
+
+
+def test_selecting_on_ter_keeps_the_lowest(prepared: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, data, tok = prepared
+    params = parse_params(deep_merge(PARAMS, {"train": {"epochs": 3, "select_metric": "ter", "average_last": 0}}))
+    trainer = Trainer(params.train, params.model, params.evaluate, data, tok)
+    # (BLEU, TER) per epoch: BLEU is best at epoch 3, TER (lower is better) at epoch 2.
+    scores = iter([(10.0, 60.0), (12.0, 50.0), (15.0, 55.0)])
+    monkeypatch.setattr(trainer, "valid_scores", lambda: next(scores))
+    out = root / "ter"
+    summary = trainer.fit(out / "model", out / "curve.csv", out / "train.json")
+    assert (summary["select_metric"], summary["best_valid_score"], summary["best_valid_bleu"]) == ("ter", 50.0, 12.0)
+    assert summary["best_epoch"] == 2
+    kept = torch.load(out / "model" / "model.pt", weights_only=True)
+    assert (kept["epoch"], kept["valid_score"]) == (2, 50.0)
+    with (out / "curve.csv").open() as handle:
+        assert [float(r["valid_score"]) for r in csv.DictReader(handle)] == [60.0, 50.0, 55.0]
