@@ -319,8 +319,9 @@ def test_junk_first_model_is_never_champion_and_a_better_one_is(tmp_path: Path, 
     from flows.pipeline import pipeline
     from s2s.registry import CHAMPION, get_alias, score_tag
 
-    ws = make_workspace(tmp_path / "ws", deep_merge(TINY_PARAMS, {"train": {"max_minutes": 0.0001, "epochs": 1}}))
-    first = pipeline(workspace=str(ws))  # the budget runs out after one update: a junk model
+    junk = {"train": {"max_minutes": 0.0001, "epochs": 1, "lr": 1e-6}}
+    ws = make_workspace(tmp_path / "ws", deep_merge(TINY_PARAMS, junk))
+    first = pipeline(workspace=str(ws))  # the budget runs out after one update, too small to move the weights: a junk model
     metrics = first["metrics"]
     assert first["gate"]["decision"] == "rejected"
     assert first["gate"]["reason"] == (
@@ -332,7 +333,8 @@ def test_junk_first_model_is_never_champion_and_a_better_one_is(tmp_path: Path, 
     assert get_alias(client, "s2s-translator", CHAMPION) is None
 
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    (ws / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, {"train": {"max_minutes": 0, "epochs": 3}})))
+    trained = {"train": {"max_minutes": 0, "epochs": 3, "lr": TINY_PARAMS["train"]["lr"]}}
+    (ws / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, trained)))
     second = pipeline(workspace=str(ws))
     assert second["gate"]["decision"] == "promoted", second["gate"]["reason"]
     assert str(get_alias(client, "s2s-translator", CHAMPION).version) == "2"
