@@ -565,13 +565,14 @@ class Trainer:
 
     def finish(self, summary_path: Path) -> dict[str, object]:
         history, processes = self.progress.history, self.world.world_size
+        best = self.direction.best(r.valid_score for r in history)
         tokens_per_second = mean_tokens_per_second(history)
         summary: dict[str, object] = {
             "epochs": len(history),
             "select_metric": self.cfg.select_metric,
             "best_valid_score": self.progress.best_score,  # of the kept checkpoint
             "best_valid_bleu": self.progress.best_bleu,
-            "best_epoch": max(r.epoch for r in history if r.valid_score == self.direction.best(h.valid_score for h in history)),
+            "best_epoch": max(r.epoch for r in history if r.valid_score == best),  # the latest of tied epochs
             "updates": self.progress.updates,
             "resumed_at_update": self.resumed_at_update,  # 0: trained in one go
             "train_pairs": len(self.train_data),

@@ -117,8 +117,6 @@ class DeepOutput(nn.Module):
 class RNNDecoder(nn.Module):
     """Base class: the target embedding and what every decoder shares; subclasses define `start` and `forward`."""
 
-    has_attention = False
-
     def __init__(self, vocab: int, cfg: RNNConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -179,8 +177,6 @@ class ChoDecoder(RNNDecoder):
 class BahdanauDecoder(RNNDecoder):
     """The previous state attends (additive score); the context joins the step's input and the output layer."""
 
-    has_attention = True
-
     def __init__(self, vocab: int, encoder_size: int, cfg: RNNConfig) -> None:
         super().__init__(vocab, cfg)
         self.attention = AdditiveAttention(cfg.hidden, encoder_size)
@@ -208,8 +204,6 @@ class BahdanauDecoder(RNNDecoder):
 
 class LuongDecoder(RNNDecoder):
     """The step comes first; its state attends; h~_t = tanh(W_c [c_t; s_t]) predicts and, with input feeding, is fed back."""
-
-    has_attention = True
 
     def __init__(self, vocab: int, encoder_size: int, cfg: RNNConfig) -> None:
         super().__init__(vocab, cfg)
