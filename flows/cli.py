@@ -149,30 +149,35 @@ def _translate(args: argparse.Namespace) -> int:
         uri = tracking_uri(RegistryConfig(tracking_uri=args.tracking_uri), Path.cwd())
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        if args.n_best > 1:  # a registered model answers one string per sentence
-            print("s2s translate: --n-best needs a local model folder (a registered model returns one translation per "
-                  "sentence)", file=sys.stderr)  # fmt: skip
-            return 2
         model = mlflow.pyfunc.load_model(args.model)
-        if options and model.metadata.get_params_schema() is None:
-            print(f"s2s translate: {args.model} was registered before models took decoding options, so "
-                  f"{', '.join('--' + k.replace('_', '-') for k in options)} would be ignored; it decodes as registered. "
-                  "Drop the option(s), or translate with a local model folder.", file=sys.stderr)  # fmt: skip
+        schema = model.metadata.get_params_schema()
+        if args.n_best > 1:
+            options["n_best"] = args.n_best
+        accepted = {p.name for p in schema.params} if schema is not None else set()
+        if set(options) - accepted:
+            print(f"s2s translate: {args.model} was registered before models took "
+                  f"{', '.join('--' + k.replace('_', '-') for k in sorted(set(options) - accepted))}, which would be "
+                  "ignored; it decodes as registered. Drop the option(s), or translate with a local model folder.",
+                  file=sys.stderr)  # fmt: skip
             return 2
 
-        def translate(chunk: list[str], offset: int) -> list[str]:
-            return [str(t) for t in model.predict(chunk, params=options or None)]
+        def nbest(chunk: list[str]) -> list[list[str]]:
+            out = model.predict(chunk, params=options or None)
+            return [[str(t) for t in hyps] for hyps in out] if args.n_best > 1 else [[str(t)] for t in out]
     else:
         from s2s.translate import Translator
 
         translator = Translator.load(Path(args.model) / MODEL_FILE, Path(args.tokenizer))
 
-        def translate(chunk: list[str], offset: int) -> list[str]:
-            if args.n_best == 1:
-                return translator.translate(chunk, cfg)
-            # One line per hypothesis: sentence number, rank, text.
-            nbest = translator.translate_nbest(chunk, args.n_best, cfg)
-            return [f"{offset + i}\t{rank}\t{text}" for i, hyps in enumerate(nbest, 1) for rank, text in enumerate(hyps, 1)]
+        def nbest(chunk: list[str]) -> list[list[str]]:
+            return translator.translate_nbest(chunk, args.n_best, cfg)
+
+    def translate(chunk: list[str], offset: int) -> list[str]:
+        hypotheses = nbest(chunk)
+        if args.n_best == 1:
+            return [hyps[0] for hyps in hypotheses]
+        # One line per hypothesis: sentence number, rank, text.
+        return [f"{offset + i}\t{rank}\t{text}" for i, hyps in enumerate(hypotheses, 1) for rank, text in enumerate(hyps, 1)]
 
     step = args.batch_size * 4  # several decoder batches per call: sorting by length stays effective
     with contextlib.ExitStack() as stack:
@@ -252,6 +257,26 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """A registered Transformer converted to CTranslate2 and registered as a new version of the same model."""
+    from s2s.registry import export_version
+
+    client, name = _registry(args)
+    ref = args.model
+    if ref.startswith("models:/"):  # models:/NAME/VERSION or models:/NAME@ALIAS
+        name, _, ref = ref[len("models:/") :].replace("@", "/", 1).partition("/")
+    if not name or not ref:
+        print(f"s2s export: {args.model!r} is not models:/NAME/VERSION, models:/NAME@ALIAS, a version or an alias",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    staging = Path(args.workspace).resolve() / ".cache" / "export"
+    exported = export_version(client, name, ref, args.quantization, staging)  # type: ignore[arg-type]
+    state = "registered as" if exported.created else "was exported before:"
+    print(f"s2s: {args.model} ({args.quantization}) {state} {name} v{exported.version}; "
+          f"serve it with `mlflow models serve -m models:/{name}/{exported.version}`")  # fmt: skip
+    return 0
+
+
 def _rollback(args: argparse.Namespace) -> int:
     from s2s.registry import rollback
 
@@ -303,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--length-penalty", type=float, help="GNMT length-penalty alpha for beam search (default: as registered)")
     tr.add_argument("--max-len-a", type=float, help="output limit = a * source length + b subwords (default: as registered)")
     tr.add_argument("--max-len-b", type=int, help="the b of that limit (default: as registered)")
-    tr.add_argument("--n-best", type=int, default=1, help="hypotheses per sentence (local model folders; beam >= n)")
+    tr.add_argument("--n-best", type=int, default=1, help="hypotheses per sentence, one line each: number, rank, text")
     tr.add_argument("--batch-size", type=int, default=64)
     tr.set_defaults(func=_translate)
 
@@ -311,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         ("promote", _promote, "make a model version the champion"),
         ("rollback", _rollback, "give champion back to the version it replaced"),
         ("restore", _restore, "put a registered version's data, tokenizer and model files back (dvc.lock + dvc pull)"),
+        ("export", _export, "register a Transformer version converted to CTranslate2 (fast CPU/GPU serving)"),
     ):
         cmd = sub.add_parser(name, help=text)
         if name == "promote":
@@ -318,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--reason", default="promoted by hand with `s2s promote`", help="recorded in the version's tags")
         if name == "restore":
             cmd.add_argument("version", help="model version number or alias (e.g. champion)")
+        if name == "export":
+            from s2s.config import QUANTIZATIONS
+
+            cmd.add_argument("model", help="models:/NAME/VERSION, models:/NAME@ALIAS, or a version or alias of "
+                             "registry.model_name")  # fmt: skip
+            cmd.add_argument("--quantization", choices=QUANTIZATIONS, default="int8",
+                             help="weights as stored (default int8; float16/bfloat16 variants are for CUDA)")  # fmt: skip
         cmd.add_argument("--workspace", default=".", help="folder with params.yaml (for the registry settings)")
         cmd.add_argument("--params", default=PARAMS_FILE, help="params file inside the workspace (its registry section)")
         cmd.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: registry.tracking_uri of the params)")

@@ -33,12 +33,15 @@ from s2s.errors import S2SError
 from s2s.metrics import METRICS
 from s2s.promotion import Floor
 from s2s.registry import (
+    CHAMPION,
     DECISION_TAG,
     REASON_TAG,
     Registered,
     RunInputs,
     cached_score,
     connect,
+    export_alias,
+    export_version,
     is_server,
     lineage_key,
     register,
@@ -410,6 +413,34 @@ def promotion_gate(workspace: Path, registry: RegistryConfig, promote: PromoteCo
     return {"decision": "promoted" if decision.promote else "rejected", **asdict(decision)}
 
 
+@task(name="export-champion", retries=1, retry_delay_seconds=5)
+def export_champion(workspace: Path, registry: RegistryConfig, promote: PromoteConfig, arch: str) -> dict[str, Any]:
+    """The new champion converted to CTranslate2 as its own version, under the alias champion-<quantization>."""
+    logger = get_run_logger()
+    quantization = promote.export
+    assert quantization is not None
+    if arch != "transformer":
+        logger.warning("promote.export=%s: the champion is a %s model, which CTranslate2 cannot run; not exported",
+                       quantization, arch)  # fmt: skip
+        return {"exported": None, "reason": f"model.arch {arch}: CTranslate2 runs Transformers only"}
+    client, _ = connect(registry, workspace)
+    champion = client.get_model_version_by_alias(registry.model_name, CHAMPION)
+    exported = export_version(client, registry.model_name, str(champion.version), quantization, workspace / ".cache" / "export")
+    alias = export_alias(quantization)
+    client.set_registered_model_alias(registry.model_name, alias, exported.version)
+    logger.info("champion v%s exported to CTranslate2 (%s): v%s, alias %s", champion.version, quantization,
+                exported.version, alias)  # fmt: skip
+    return {"exported": exported.version, "alias": alias, "quantization": quantization}
+
+
+def _export_line(export: dict[str, Any] | None) -> str:
+    if not export:
+        return ""
+    if export.get("exported") is None:
+        return f"CTranslate2 export: none ({export['reason']})\n\n"
+    return f"CTranslate2 export ({export['quantization']}): v{export['exported']}, alias `{export['alias']}`\n\n"
+
+
 def _report(metrics: dict[str, Any], registered: Registered, gate: dict[str, Any], ran: dict[str, bool], ui: str) -> str:
     rows = "\n".join(f"| {stage} | {'ran' if did else 'skipped (unchanged)'} |" for stage, did in ran.items())
     run_link = f"{ui}/#/experiments/{registered.experiment_id}/runs/{registered.run_id}"
@@ -421,6 +452,7 @@ def _report(metrics: dict[str, Any], registered: Registered, gate: dict[str, Any
         f"| test set | this model | champion |\n|---|---|---|\n"
         f"| {gate.get('metric', 'bleu')} | {gate.get('challenger', metrics['bleu'])} | {vs} |\n\n"
         f"**Gate: {gate['decision']}** — {gate.get('reason', '')}\n\n"
+        f"{_export_line(gate.get('export'))}"
         f"| metric | value |\n|---|---|\n"
         f"| BLEU | {metrics['bleu']} |\n| chrF | {metrics['chrf']} |\n| TER (lower is better) | {metrics['ter']} |\n"
         f"| ROUGE-1 / ROUGE-2 / ROUGE-L (F) | {metrics['rouge1']} / {metrics['rouge2']} / {metrics['rougeL']} |\n"
@@ -457,6 +489,8 @@ def pipeline(workspace: str = ".", force: bool = False) -> dict[str, Any]:
             dvc_push(root)
         registered = register_model(root, params.registry)
         gate = promotion_gate(root, params.registry, params.promote, registered)
+        if params.promote.export and gate["decision"] == "promoted":
+            gate["export"] = export_champion(root, params.registry, params.promote, params.model.arch)
     metrics = json.loads((root / layout.EVAL_METRICS).read_text())
     ui = registered.tracking_uri if is_server(registered.tracking_uri) else params.registry.ui_url  # a server is its own UI
     create_markdown_artifact(

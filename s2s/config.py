@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -261,12 +261,18 @@ class RegistryConfig(_Section):
     ui_url: str = "http://127.0.0.1:5000"
 
 
+# CTranslate2 weight types `s2s export` writes; the float16/bfloat16 ones compute in that type on CUDA only.
+Quantization = Literal["float32", "int8", "int8_float32", "float16", "bfloat16", "int8_float16", "int8_bfloat16"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+
+
 class PromoteConfig(_Section):
     enabled: bool = True
     metric: MetricName = "bleu"
     margin: float = Field(default=0.0, ge=0.0)
     min_score: float = Field(default=0.0, ge=0.0)  # metrics where higher is better
     max_score: float | None = Field(default=None, ge=0.0)  # metrics where lower is better (TER)
+    export: Quantization | None = None  # a new champion (Transformer) is also registered converted to CTranslate2
 
     @model_validator(mode="after")
     def _bound_fits_metric(self) -> PromoteConfig:

@@ -16,19 +16,21 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import mlflow
 import mlflow.pyfunc
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from pydantic import ValidationError
 
 from s2s import layout
-from s2s.config import DEFAULT_TRACKING_URI, EvaluateConfig, RegistryConfig, format_validation_error
+from s2s.config import DEFAULT_TRACKING_URI, QUANTIZATIONS, EvaluateConfig, RegistryConfig, format_validation_error
 from s2s.promotion import Decision, Floor, decide
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,10 @@ mlflow.models.set_model(S2SPyfunc())
 '''
 INPUT_EXAMPLE = ["We saw a big dog yesterday."]
 # Decoding options a registered model takes per request (MLflow inference params); each defaults to how the version was
-# registered to decode, which is how the evaluate stage scored it.
-DECODING_OPTIONS = {"beam_size": int, "length_penalty": float, "max_len_a": float, "max_len_b": int}
+# registered to decode, which is how the evaluate stage scored it (n_best: 1).
+DECODING_OPTIONS = {"beam_size": int, "n_best": int, "length_penalty": float, "max_len_a": float, "max_len_b": int}
+# What a version's engine tag says: PyTorch (what the pipeline registers) or CTranslate2 with its quantization.
+ENGINE_TAG, EXPORTED_FROM_TAG, PYTORCH = "s2s.engine", "s2s.exported_from", "pytorch"
 
 
 def input_example(decoding: EvaluateConfig) -> tuple[list[str], dict[str, Any]]:
@@ -64,44 +68,118 @@ def input_example(decoding: EvaluateConfig) -> tuple[list[str], dict[str, Any]]:
     MLflow takes the signature's inputs and outputs from `predict`'s type hints and its params schema (names,
     types, defaults) from this example's params.
     """
-    return INPUT_EXAMPLE, {name: kind(getattr(decoding, name)) for name, kind in DECODING_OPTIONS.items()}
+    values = {**decoding.model_dump(), "n_best": 1}
+    return INPUT_EXAMPLE, {name: kind(values[name]) for name, kind in DECODING_OPTIONS.items()}
 
 
-def decoding_with(registered: EvaluateConfig, options: dict[str, Any] | None) -> EvaluateConfig:
-    """The registered decoding settings with a request's options applied; an unknown or invalid option is an error."""
+class RequestError(ValueError):
+    """A request the model refuses; the message names the option or input at fault."""
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Bounds on one request's work, so one client cannot starve the others; 0 lifts a bound.
+
+    Read from the environment of the process that loads the model (`S2S_MAX_SENTENCES=5000 mlflow models serve ...`).
+    """
+
+    max_sentences: int = 1000  # per request: ~20 s of beam-5 PyTorch decoding on 2 cores, inside MLflow's 60 s timeout
+    max_chars: int = 2000  # per sentence: Multi30k's longest is ~300
+    max_beam: int = 16  # beam_size and n_best
+
+    ENV: ClassVar[dict[str, str]] = {
+        "max_sentences": "S2S_MAX_SENTENCES", "max_chars": "S2S_MAX_CHARS", "max_beam": "S2S_MAX_BEAM"
+    }  # fmt: skip
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServeLimits:
+        values: dict[str, int] = {}
+        for field, variable in cls.ENV.items():
+            raw = environ.get(variable)
+            if raw is None:
+                continue
+            if not raw.strip().isdigit():
+                raise ValueError(f"{variable}={raw!r}: expected a whole number >= 0 (0: no limit)")
+            values[field] = int(raw)
+        return cls(**values)
+
+    def check(self, sources: list[str], beam_size: int, n_best: int) -> None:
+        if self.max_sentences and len(sources) > self.max_sentences:
+            raise RequestError(f"{len(sources)} sentences in one request; at most {self.max_sentences} "
+                               f"({self.ENV['max_sentences']}): split the request")  # fmt: skip
+        for i, source in enumerate(sources):  # strings: MLflow checks them against predict's type hint first
+            if self.max_chars and len(source) > self.max_chars:
+                raise RequestError(f"input {i} has {len(source)} characters; at most {self.max_chars} per sentence "
+                                   f"({self.ENV['max_chars']})")  # fmt: skip
+        for name, value in (("beam_size", beam_size), ("n_best", n_best)):
+            if self.max_beam and value > self.max_beam:
+                raise RequestError(f"{name}: {value} is above this server's maximum of {self.max_beam} ({self.ENV['max_beam']})")
+
+
+def decoding_with(registered: EvaluateConfig, options: dict[str, Any] | None) -> tuple[EvaluateConfig, int]:
+    """The registered decoding settings with a request's options applied, and n_best; a bad option is an error."""
     given = {k: v for k, v in (options or {}).items() if v is not None}
     unknown = sorted(set(given) - set(DECODING_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown decoding option(s) {', '.join(unknown)}; accepted: {', '.join(DECODING_OPTIONS)}")
+        raise RequestError(f"unknown decoding option(s) {', '.join(unknown)}; accepted: {', '.join(DECODING_OPTIONS)}")
+    n_best = given.pop("n_best", 1)
+    if isinstance(n_best, bool) or not isinstance(n_best, int) or n_best < 1:
+        raise RequestError(f"n_best: expected a whole number >= 1, got {n_best!r}")
     try:
-        return EvaluateConfig.model_validate({**registered.model_dump(), **given})
+        cfg = EvaluateConfig.model_validate({**registered.model_dump(), **given})
     except ValidationError as err:
-        raise ValueError(format_validation_error(err, EvaluateConfig, "decoding options")) from None
+        raise RequestError(format_validation_error(err, EvaluateConfig, "decoding options")) from None
+    return (cfg.model_copy(update={"beam_size": n_best}) if n_best > cfg.beam_size else cfg), n_best
 
 
 class S2SPyfunc(mlflow.pyfunc.PythonModel):
-    """A registered s2s model: source strings in, translations out."""
+    """A registered s2s model: source strings in, translations out, on the engine the version holds."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from s2s.translate import Translator  # imported here: `code_paths` puts s2s on the path first
+        # Imported here: `code_paths` puts s2s on the path first.
+        from s2s.translate import Translator
 
-        self.translator = Translator.load(Path(context.artifacts["model"]), Path(context.artifacts["tokenizer"]))
+        tokenizer = Path(context.artifacts["tokenizer"])
+        if "ctranslate2" in context.artifacts:
+            from s2s.ct2 import CT2Translator
+
+            self.translator: Any = CT2Translator.load(Path(context.artifacts["ctranslate2"]), tokenizer)
+        else:
+            self.translator = Translator.load(Path(context.artifacts["model"]), tokenizer)
         self.decoding = EvaluateConfig.model_validate(json.loads(Path(context.artifacts["decoding"]).read_text()))
+        self.limits = ServeLimits.from_env()
+        # PyTorch already spreads one batch over every core; concurrent requests would only fight over them.
+        self.lock = threading.Lock()
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: list[str], params: dict[str, Any] | None = None
     ) -> list[str]:
-        # MLflow reads these type hints: a one-column DataFrame or JSON list arrives here as list[str]. `params` holds
-        # the request's decoding options (DECODING_OPTIONS), defaults filled in by MLflow from the signature.
-        return self.translator.translate([str(s) for s in model_input], decoding_with(self.decoding, params))
+        """One translation per sentence; with n_best > 1, a list of n translations (best first) per sentence.
+
+        MLflow reads the type hints: a one-column DataFrame or JSON list arrives here as list[str]. `params` holds the
+        request's decoding options (DECODING_OPTIONS), defaults filled in by MLflow from the signature. A refused
+        request raises MLflow's INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400.
+        """
+        sources = [str(s) for s in model_input]
+        try:
+            cfg, n_best = decoding_with(self.decoding, params)
+            self.limits.check(sources, cfg.beam_size, n_best)
+        except RequestError as err:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(str(err)) from None
+        with self.lock:
+            if n_best == 1:
+                return self.translator.translate(sources, cfg)
+            return self.translator.translate_nbest(sources, n_best, cfg)  # type: ignore[no-any-return]
 
     def attention(self, sources: list[str]) -> list[dict[str, Any]]:
         """Translations with their source-target attention, for `load_model(uri).unwrap_python_model()`.
 
         Each item has `translation`, `source_tokens`, `target_tokens` and
         `weights` (one row per target token plus </s>, one column per source
-        token); `weights` is None for a model without attention.
+        token); `weights` is None for a model without attention. PyTorch versions only.
         """
+        if not hasattr(self.translator, "translate_with_attention"):
+            raise RequestError(f"attention maps come from the PyTorch engine; this version runs {self.translator.engine}")
         return [
             {"translation": t.text, "source_tokens": t.source_tokens, "target_tokens": t.tokens, "weights": t.attention}
             for t in self.translator.translate_with_attention(sources, self.decoding)
@@ -182,7 +260,8 @@ def find_version(client: MlflowClient, name: str, key: str) -> ModelVersion | No
         versions = client.search_model_versions(f"name = '{name}'")
     except mlflow.exceptions.MlflowException:
         return None
-    return next((v for v in versions if v.tags.get(LINEAGE_TAG) == key), None)
+    # Exports carry their source's lineage tag too; the lineage's own version is the PyTorch one.
+    return next((v for v in versions if v.tags.get(LINEAGE_TAG) == key and v.tags.get(ENGINE_TAG, PYTORCH) == PYTORCH), None)
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -230,42 +309,107 @@ def register(inputs: RunInputs, key: str, tags: dict[str, str], description: str
     staging = inputs.workspace / ".cache" / "register"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    decoding = staging / "decoding.json"
-    decoding.write_text(json.dumps(inputs.decoding.model_dump()))
-    model_code = staging / "s2s_model.py"
-    model_code.write_text(MODEL_CODE)
+    version_tags = {**tags, LINEAGE_TAG: key, ENGINE_TAG: PYTORCH}
     with mlflow.start_run(run_name=f"s2s-{key[:8]}") as run:
-        log_run(inputs, {**tags, LINEAGE_TAG: key})
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(model_code),
-            artifacts={
-                "model": str(inputs.file(layout.MODEL_DIR) / layout.MODEL_FILE),
-                "tokenizer": str(inputs.file(layout.TOKENIZER_DIR)),
-                "decoding": str(decoding),
-            },
-            code_paths=[str(PACKAGE_DIR)],
-            input_example=input_example(inputs.decoding),  # MLflow checks at log time that the stored model answers it
-            # Given, not inferred: inference loads the model in a subprocess, which costs seconds.
-            pip_requirements=_requirements(),
-        )
-        try:
-            client.get_registered_model(cfg.model_name)
-        except mlflow.exceptions.MlflowException:
-            client.create_registered_model(
-                cfg.model_name, description="s2s translation model (source strings in, translations out)"
-            )
-        version = client.create_model_version(
-            cfg.model_name,
-            source=info.model_uri,
-            run_id=run.info.run_id,
-            tags={**tags, LINEAGE_TAG: key},
-            description=description,
-            model_id=info.model_id,
-        )
+        log_run(inputs, version_tags)
+        artifacts = {"model": inputs.file(layout.MODEL_DIR) / layout.MODEL_FILE, "tokenizer": inputs.file(layout.TOKENIZER_DIR)}
+        info = _log_model(artifacts, inputs.decoding, staging)
+        version = _create_version(client, cfg.model_name, info, run.info.run_id, version_tags, description)
     shutil.rmtree(staging, ignore_errors=True)
     log.info("registered %s version %s (run %s)", cfg.model_name, version.version, run.info.run_id)
     return Registered(cfg.model_name, str(version.version), run.info.run_id, True, uri, run.info.experiment_id)
+
+
+def _log_model(
+    artifacts: dict[str, Path], decoding: EvaluateConfig, staging: Path, requirements: tuple[str, ...] = ()
+) -> mlflow.models.model.ModelInfo:
+    """Log the pyfunc (models-from-code, s2s's code with it) into the active run; `staging` holds the files written."""
+    (staging / "decoding.json").write_text(json.dumps(decoding.model_dump()))
+    (staging / "s2s_model.py").write_text(MODEL_CODE)
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(staging / "s2s_model.py"),
+        artifacts={**{k: str(v) for k, v in artifacts.items()}, "decoding": str(staging / "decoding.json")},
+        code_paths=[str(PACKAGE_DIR)],
+        input_example=input_example(decoding),  # MLflow checks at log time that the stored model answers it
+        # Given, not inferred: inference loads the model in a subprocess, which costs seconds.
+        pip_requirements=[*_requirements(), *requirements],
+    )
+
+
+def _create_version(
+    client: MlflowClient, name: str, info: mlflow.models.model.ModelInfo, run_id: str, tags: dict[str, str], description: str
+) -> ModelVersion:
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description="s2s translation model (source strings in, translations out)")
+    return client.create_model_version(
+        name, source=info.model_uri, run_id=run_id, tags=tags, description=description, model_id=info.model_id
+    )
+
+
+# --------------------------------------------------------------------------------- export
+
+
+def engine_name(quantization: str) -> str:
+    return f"ctranslate2-{quantization}"
+
+
+def find_export(client: MlflowClient, name: str, source: str, engine: str) -> ModelVersion | None:
+    versions = client.search_model_versions(f"name = '{name}'")
+    return next((v for v in versions if v.tags.get(EXPORTED_FROM_TAG) == source and v.tags.get(ENGINE_TAG) == engine), None)
+
+
+def export_version(client: MlflowClient, name: str, ref: str, quantization: str, staging: Path) -> Registered:
+    """Register version `ref` (number or alias) converted to CTranslate2 as a new version, or return the one made before.
+
+    The new version keeps the source's tags (lineage, git commit, DVC hashes) but not its gate verdict or cached
+    scores, which belong to the source's engine; its `s2s.engine` and `s2s.exported_from` tags say what it is.
+    """
+    from s2s.ct2 import ExportError, convert
+
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    source = resolve_version(client, name, ref)
+    engine = engine_name(quantization)
+    uri = mlflow.get_tracking_uri()
+    if source.tags.get(ENGINE_TAG, PYTORCH) != PYTORCH:
+        raise ExportError(f"{name} v{source.version} is itself an export ({source.tags[ENGINE_TAG]}); export its source, "
+                          f"v{source.tags.get(EXPORTED_FROM_TAG, '?')}")  # fmt: skip
+    existing = find_export(client, name, str(source.version), engine)
+    if existing is not None:
+        log.info("%s v%s was exported to %s before: v%s", name, source.version, engine, existing.version)
+        experiment = client.get_run(existing.run_id).info.experiment_id if existing.run_id else ""
+        return Registered(name, str(existing.version), existing.run_id or "", False, uri, experiment)
+
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{source.version}", dst_path=str(staging / "source")))
+        stored = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"].get("artifacts", {})
+        files = {key: local / value["path"] for key, value in stored.items()}
+        if "model" not in files:
+            raise ExportError(f"{name} v{source.version} holds no s2s PyTorch checkpoint (artifacts: {', '.join(files)})")
+        converted = convert(files["model"], files["tokenizer"], staging / "ctranslate2", quantization)  # type: ignore[arg-type]
+        decoding = EvaluateConfig.model_validate_json(files["decoding"].read_text())
+        inherited = {k: v for k, v in source.tags.items() if not k.startswith(("s2s.gate.", SCORE_TAG_PREFIX, "s2s.previous"))}
+        tags = {**inherited, ENGINE_TAG: engine, EXPORTED_FROM_TAG: str(source.version)}
+        experiment = client.get_run(source.run_id).info.experiment_id if source.run_id else None
+        with mlflow.start_run(run_name=f"s2s-export-v{source.version}-{quantization}", experiment_id=experiment) as run:
+            mlflow.set_tags(tags)
+            mlflow.log_params({"source_version": source.version, "quantization": quantization})
+            import ctranslate2
+
+            artifacts = {"ctranslate2": converted, "tokenizer": files["tokenizer"]}
+            info = _log_model(artifacts, decoding, staging, (f"ctranslate2=={ctranslate2.__version__}",))
+            description = (f"v{source.version} converted to CTranslate2 ({quantization}) by `s2s export`; decodes as "
+                           f"v{source.version} was registered to. {source.description or ''}").strip()  # fmt: skip
+            version = _create_version(client, name, info, run.info.run_id, tags, description)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exported %s v%s to %s: v%s", name, source.version, engine, version.version)
+    return Registered(name, str(version.version), run.info.run_id, True, uri, run.info.experiment_id)
 
 
 # ----------------------------------------------------------------------------- promotion
@@ -326,11 +470,30 @@ def _set_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str
         client.set_model_version_tag(name, version, key, value)
 
 
+def export_alias(quantization: str) -> str:
+    """The alias of the champion's CTranslate2 export (`champion-int8`); it follows `champion` when that moves."""
+    return f"{CHAMPION}-{quantization}"
+
+
+def _follow_exports(client: MlflowClient, name: str, champion: str) -> None:
+    """Point each export alias at the new champion's export of that kind, or drop it: never serve an old champion."""
+    for alias in list(client.get_registered_model(name).aliases):
+        if not alias.startswith(f"{CHAMPION}-"):
+            continue
+        export = find_export(client, name, champion, engine_name(alias[len(CHAMPION) + 1 :]))
+        if export is not None:
+            client.set_registered_model_alias(name, alias, str(export.version))
+        else:
+            client.delete_registered_model_alias(name, alias)
+            log.info("alias %s dropped: v%s has no such export (`s2s export`)", alias, champion)
+
+
 def _crown(client: MlflowClient, name: str, version: str, previous: ModelVersion | None) -> None:
     """Make `version` the champion, remembering the one it replaces for rollback."""
     if previous is not None and str(previous.version) != str(version):
         client.set_model_version_tag(name, version, PREVIOUS_TAG, str(previous.version))
     client.set_registered_model_alias(name, CHAMPION, version)
+    _follow_exports(client, name, str(version))
 
 
 def run_gate(
@@ -393,6 +556,7 @@ def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
     if not previous:
         raise mlflow.exceptions.MlflowException(f"champion v{current.version} of {name!r} replaced no earlier champion")
     client.set_registered_model_alias(name, CHAMPION, previous)
+    _follow_exports(client, name, previous)
     _set_tags(client, name, str(current.version), {DECISION_TAG: "rolled back", REASON_TAG: f"rollback to v{previous}"})
     _set_tags(client, name, previous, {DECISION_TAG: "restored by rollback", REASON_TAG: f"rollback from v{current.version}"})
     return str(current.version), previous

@@ -23,9 +23,9 @@ class Hypothesis:
     attention: torch.Tensor | None  # (len(tokens) + 1, S) weights for each output step incl. EOS
 
 
-def max_lengths(src_len: torch.Tensor, a: float, b: int) -> torch.Tensor:
-    """Per-sentence limit on output tokens (EOS not counted), relative to the source length."""
-    return (src_len.float() * a + b).long().clamp(min=1)  # (B,)
+def max_lengths(src_len: torch.Tensor, a: float, b: int, cap: int | None = None) -> torch.Tensor:
+    """Per-sentence limit on output tokens (EOS not counted), relative to the source length, at most `cap`."""
+    return (src_len.float() * a + b).long().clamp(min=1, max=cap)  # (B,)
 
 
 def _trim(tokens: list[int]) -> list[int]:
@@ -38,7 +38,7 @@ def greedy(
 ) -> list[Hypothesis]:
     """Argmax decoding of a batch; src (B, S), src_len (B,)."""
     batch = src.size(0)
-    limits = max_lengths(src_len, max_len_a, max_len_b).to(src.device)
+    limits = max_lengths(src_len, max_len_a, max_len_b, model.max_output_tokens).to(src.device)
     state = model.encode(src, src_len)
     token = torch.full((batch, 1), BOS, dtype=torch.long, device=src.device)
     steps, attn_steps = [], []
@@ -114,7 +114,7 @@ def beam_search(
     if beam < 1 or not 1 <= n_best <= beam:
         raise ValueError(f"need beam >= 1 and 1 <= n_best <= beam, got beam={beam}, n_best={n_best}")
     batch, k, device = src.size(0), beam, src.device
-    limits = max_lengths(src_len, max_len_a, max_len_b).to(device)
+    limits = max_lengths(src_len, max_len_a, max_len_b, model.max_output_tokens).to(device)
     flat = torch.arange(batch, device=device).repeat_interleave(k)  # (B*K,)
     state = model.encode(src, src_len).select(flat)
     scores = torch.full((batch, k), float("-inf"), device=device)

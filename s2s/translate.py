@@ -40,9 +40,22 @@ class Translation:
     attention: list[list[float]] | None  # (len(tokens) + 1, len(source_tokens)): rows incl. EOS
 
 
+# Longer inputs are cut: far beyond anything trained on, and they would blow up memory.
+MAX_SOURCE_TOKENS = 512
+
+
+def source_ids(tokenizers: Tokenizers, sources: list[str], limit: int | None = None) -> list[list[int]]:
+    """Source subword ids as every engine feeds them: cut to MAX_SOURCE_TOKENS (or the model's `limit`), an empty
+    line as one <unk>."""
+    cut = min(MAX_SOURCE_TOKENS, limit or MAX_SOURCE_TOKENS)
+    ids = [s[:cut] for s in tokenizers.encode_src(sources)]
+    return [s if s else [tokenizers.src.unk_id()] for s in ids]
+
+
 class Translator:
-    # Longer inputs are cut: far beyond anything trained on, and they would blow up memory.
-    max_source_len = 512
+    """The PyTorch engine."""
+
+    engine = "pytorch"
 
     def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, device: torch.device) -> None:
         self.model, self.tok, self.device = model.eval(), tokenizers, device
@@ -68,8 +81,7 @@ class Translator:
     ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
         """Source ids and the `n` best hypotheses of each sentence, best first, in input order."""
         self.model.eval()
-        ids = [s[: self.max_source_len] for s in self.tok.encode_src(sources)]
-        ids = [s if s else [self.tok.src.unk_id()] for s in ids]  # an empty line still gets decoded
+        ids = source_ids(self.tok, sources, self.model.max_source_tokens)
         results: list[list[Hypothesis]] = [[] for _ in ids]
         for index in self._batches(ids, cfg.batch_size):
             src = pad([ids[i] for i in index]).to(self.device)

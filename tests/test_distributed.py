@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY_PARAMS, deep_merge, make_workspace
+from conftest import REPO, TINY_PARAMS, deep_merge, free_port, make_workspace
 
 from s2s import checkpoint, distributed, ingest, layout, tokenizer
 from s2s.config import ConfigError, DistributedConfig, parse_params
@@ -61,12 +60,6 @@ def worker(root: Path, mode: str, out: str, params: str = "params.yaml") -> list
 def torchrun(cfg: DistributedConfig) -> list[str]:
     """The launcher command s2s itself builds for `cfg`."""
     return [sys.executable, "-m", "torch.distributed.run", *distributed.torchrun_args(cfg)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def state(path: Path) -> dict[str, torch.Tensor]:

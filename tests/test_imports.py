@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
         "mlflow.pyfunc",
         "mlflow.server",  # `mlflow server` / `mlflow ui`
         "mlflow.pyfunc.scoring_server",  # `mlflow models serve`
+        "ctranslate2",  # `s2s export` and the versions it registers
+        "ctranslate2.converters",
         "dvc.cli",
         "dvc.api",
         "sentencepiece",

@@ -4,62 +4,16 @@ deployment twice (the second run trains and registers nothing), and `mlflow mode
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, TINY_PARAMS, make_workspace
+from conftest import BIN, REPO, TINY_PARAMS, clean_env, free_port, make_workspace, start, stop, wait_http
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without MLflow's URIs, which other tests' set_tracking_uri() exported."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return {**env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, seconds: float, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {seconds} s:\n{log.read_text()[-3000:]}")
-
-
-def start(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    return subprocess.Popen(args, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -344,6 +344,32 @@ def test_junk_first_model_is_never_champion_and_a_better_one_is(tmp_path: Path, 
     assert float(client.get_model_version("s2s-translator", "2").tags[tag]) == second["metrics"]["bleu"]
 
 
+def test_promote_export_registers_the_new_transformer_champion_for_ctranslate2(tmp_path: Path, prefect_home: None) -> None:
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    from flows.pipeline import _samples, pipeline
+
+    transformer = {"arch": "transformer", "transformer": {"d_model": 64, "heads": 4, "encoder_layers": 2,
+                                                          "decoder_layers": 2, "ff": 128, "dropout": 0.0}}  # fmt: skip
+    params = deep_merge(TINY_PARAMS, {"model": transformer, "train": {"lr": 0.003, "warmup_steps": 20, "epochs": 3},
+                                      "promote": {"export": "int8"}, "remote": {"push": False}})  # fmt: skip
+    ws = make_workspace(tmp_path / "ws", params)
+    result = pipeline(workspace=str(ws))
+    assert result["gate"]["decision"] == "promoted", result["gate"]["reason"]
+    assert result["gate"]["export"] == {"exported": "2", "alias": "champion-int8", "quantization": "int8"}
+    first, second = _versions(ws)
+    assert (first["s2s.engine"], second["s2s.engine"], second["s2s.exported_from"]) == ("pytorch", "ctranslate2-int8", "1")
+    assert second["s2s.lineage"] == first["s2s.lineage"] and second["git.commit"] == first["git.commit"]
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    aliases = MlflowClient(uri, uri).get_registered_model("s2s-translator").aliases
+    assert {k: str(v) for k, v in aliases.items()} == {"champion": "1", "champion-int8": "2"}
+    mlflow.set_registry_uri(uri)
+    sources = [row["source"] for row in _samples(ws, 5)]
+    served = mlflow.pyfunc.load_model("models:/s2s-translator@champion-int8").predict(sources)
+    assert len(served) == len(sources) and all(isinstance(t, str) for t in served)
+
+
 def test_readme_own_data_example_runs_as_written(tmp_path: Path) -> None:
     import gzip
     import re

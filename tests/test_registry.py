@@ -9,59 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from conftest import run_inputs
 from mlflow import MlflowClient
 
-from s2s import checkpoint, tokenizer
-from s2s.config import EvaluateConfig, ModelConfig, RegistryConfig, RNNConfig, TokenizerConfig
+from s2s.config import EvaluateConfig
 from s2s.corpus import generate_pairs
-from s2s.layout import (
-    EVAL_METRICS,
-    HYPOTHESES,
-    INGEST_STATS,
-    LOCK_FILE,
-    MODEL_DIR,
-    MODEL_FILE,
-    PARAMS_FILE,
-    TOKENIZER_DIR,
-    TRAIN_CURVE,
-    TRAIN_SUMMARY,
-)
-from s2s.registry import INPUT_EXAMPLE, RESTORED_FILES, RunInputs, download_lineage, register
+from s2s.layout import MODEL_DIR, MODEL_FILE, TOKENIZER_DIR
+from s2s.registry import INPUT_EXAMPLE, RESTORED_FILES, download_lineage, register
 from s2s.translate import Translator
-
-TRAINED_WITH = {"model": ModelConfig(rnn=RNNConfig(emb_dim=8, hidden=8)).model_dump(mode="json"), "evaluate": {"beam_size": 2}}
-
-
-def _run_inputs(tmp_path: Path, name: str = "retry-test") -> RunInputs:
-    """A workspace holding what the stages write, at the layout's paths, with a tiny untrained model."""
-    pairs = generate_pairs(400, 1)
-    tokenizer.train(
-        TokenizerConfig(model_type="bpe", vocab_size=150), [s for s, _ in pairs], [t for _, t in pairs], tmp_path / TOKENIZER_DIR
-    )
-    cfg = ModelConfig.model_validate(TRAINED_WITH["model"])
-    torch.manual_seed(0)
-    from s2s.models import build_model
-
-    checkpoint.save(tmp_path / MODEL_DIR / MODEL_FILE, build_model(cfg, 150, 150), cfg)
-    files = {
-        TRAIN_CURVE: "epoch,train_loss,valid_loss\n1,2.0,1.5\n",
-        TRAIN_SUMMARY: json.dumps({"epochs": 1}),
-        EVAL_METRICS: json.dumps({"bleu": 1.0, "chrf": 2.0, "bleu_signature": "sig"}),
-        HYPOTHESES: "source\treference\thypothesis\n",
-        INGEST_STATS: "{}",
-        LOCK_FILE: yaml.safe_dump({"schema": "2.0", "stages": {}}),
-        PARAMS_FILE: yaml.safe_dump(TRAINED_WITH),
-    }
-    for path, text in files.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(text)
-    return RunInputs(tmp_path, RegistryConfig(tracking_uri="sqlite:///mlflow.db", model_name=name), TRAINED_WITH)
 
 
 def test_registration_retry_after_a_crash_creates_no_duplicate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    inputs = _run_inputs(tmp_path)
+    inputs = run_inputs(tmp_path, "retry-test")
     original = MlflowClient.create_model_version
     calls = {"n": 0}
 
@@ -86,7 +46,7 @@ def test_model_is_packaged_from_code_with_a_signature_and_loads_from_its_uri_alo
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ws = tmp_path / "ws"
-    inputs = _run_inputs(ws, "packaged")
+    inputs = run_inputs(ws, "packaged")
     with caplog.at_level(logging.WARNING):
         registered = register(inputs, "lineage-p", {}, "test")
     assert not [r for r in caplog.records if "CloudPickle" in r.getMessage() or "pickle" in r.getMessage().lower()]
@@ -101,7 +61,7 @@ def test_model_is_packaged_from_code_with_a_signature_and_loads_from_its_uri_alo
     assert json.loads(mlmodel["signature"]["outputs"]) == [{"type": "string", "required": True}]
     assert json.loads((local / "serving_input_example.json").read_text()) == {
         "inputs": INPUT_EXAMPLE,
-        "params": {"beam_size": 2, "length_penalty": 1.0, "max_len_a": 1.5, "max_len_b": 10},
+        "params": {"beam_size": 2, "n_best": 1, "length_penalty": 1.0, "max_len_a": 1.5, "max_len_b": 10},
     }
     assert (local / "code" / "s2s" / "registry.py").is_file()  # the version carries the code it runs
 
@@ -124,7 +84,7 @@ def test_model_is_packaged_from_code_with_a_signature_and_loads_from_its_uri_alo
 
 def test_download_lineage_puts_the_versions_files_back_at_their_paths(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
-    inputs = _run_inputs(ws, "lineage")
+    inputs = run_inputs(ws, "lineage")
     register(inputs, "lineage-l", {}, "test")
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     target = tmp_path / "clone"
@@ -141,7 +101,7 @@ def test_registered_model_honours_decoding_options_per_request(tmp_path: Path, c
     from flows.cli import main
 
     ws = tmp_path / "ws"
-    register(_run_inputs(ws, "options"), "lineage-o", {}, "test")
+    register(run_inputs(ws, "options"), "lineage-o", {}, "test")
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     translator = Translator.load(ws / MODEL_DIR / MODEL_FILE, ws / TOKENIZER_DIR, "cpu")
     sources = [s for s, _ in generate_pairs(40, 7)]
@@ -165,5 +125,6 @@ def test_registered_model_honours_decoding_options_per_request(tmp_path: Path, c
     assert "s2s translate: invalid configuration\n  beam_size: Input should be greater than or equal to 1" in (
         capsys.readouterr().err
     )
-    assert main(["translate", "--model", "models:/options/1", "--tracking-uri", uri, "--n-best", "3", sentence]) == 2
-    assert "--n-best needs a local model folder" in capsys.readouterr().err
+    # n-best through the registered model (its `n_best` param): one line per hypothesis, as from a local folder.
+    nbest = translator.translate_nbest([sentence], 3, EvaluateConfig(beam_size=3))[0]
+    assert translate("--n-best", "3") == "\n".join(f"1\t{rank}\t{text}" for rank, text in enumerate(nbest, 1))

@@ -50,6 +50,9 @@ class Seq2Seq(nn.Module):
 
     src_vocab: int
     tgt_vocab: int
+    # Longest source / output (EOS not counted) the model can take; None: no limit of its own (recurrent models).
+    max_source_tokens: int | None = None
+    max_output_tokens: int | None = None
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> DecoderState:
         """src (B, S), src_len (B,) -> initial decoder state."""

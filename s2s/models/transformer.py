@@ -169,6 +169,8 @@ class TransformerSeq2Seq(Seq2Seq):
         if cfg.share_embeddings and src_vocab != tgt_vocab:
             raise ValueError("model.transformer.share_embeddings needs a joint vocabulary (tokenizer.joint: true)")
         self.src_vocab, self.tgt_vocab, self.cfg = src_vocab, tgt_vocab, cfg
+        # Positions 0..max_positions-1: the decoder also reads BOS, so one output token fewer.
+        self.max_source_tokens, self.max_output_tokens = cfg.max_positions, cfg.max_positions - 1
         self.src_embed = Embedding(src_vocab, cfg)
         self.tgt_embed = self.src_embed if cfg.share_embeddings else Embedding(tgt_vocab, cfg)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))

@@ -1,0 +1,215 @@
+"""CTranslate2: an s2s Transformer converted with CTranslate2's model-spec API, and a translator that runs it.
+
+The spec maps our layers one to one (pre-norm layers, final layer norms,
+sqrt(d)-scaled embeddings plus our own position table, fused QKV), so the
+converted model computes what the PyTorch one does. Decoding differs in two
+documented ways, both only in beam search:
+
+- CTranslate2 normalises a finished hypothesis by length ** alpha (length
+  without EOS), s2s by the GNMT penalty ((5 + length) / 6) ** alpha (length
+  with EOS); with alpha 0 both rank by log-probability alone.
+- CTranslate2 stops a sentence once `beam_size` hypotheses have finished;
+  s2s goes on until no live hypothesis can beat the worst finished one.
+
+Greedy decoding is the same search in both. Recurrent models have no
+CTranslate2 spec for their decoders and stay on PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from s2s import checkpoint
+from s2s.config import QUANTIZATIONS, EvaluateConfig, ModelConfig, Quantization
+from s2s.errors import S2SError
+from s2s.models.transformer import Embedding, TransformerSeq2Seq
+from s2s.search import max_lengths
+from s2s.tokenizer import BOS, EOS, PAD, UNK, Tokenizers
+from s2s.translate import source_ids
+
+log = logging.getLogger(__name__)
+
+GPU_ONLY = ("float16", "bfloat16", "int8_float16", "int8_bfloat16")  # CPUs compute these in float32 or int8
+ENGINE_FILE = "s2s-engine.json"  # written beside CTranslate2's model.bin: what the folder holds and was made from
+
+
+class ExportError(S2SError, ValueError):
+    pass
+
+
+def _require_ctranslate2() -> Any:
+    try:
+        import ctranslate2
+    except ImportError:  # pragma: no cover - a dependency of s2s; only a broken environment lacks it
+        raise ExportError("the ctranslate2 package is not installed (pip install ctranslate2)") from None
+    return ctranslate2
+
+
+def _linear(spec: Any, layer: torch.nn.Linear) -> None:
+    spec.weight = layer.weight.detach().numpy()
+    if layer.bias is not None:
+        spec.bias = layer.bias.detach().numpy()
+
+
+def _norm(spec: Any, norm: torch.nn.LayerNorm) -> None:
+    spec.gamma, spec.beta = norm.weight.detach().numpy(), norm.bias.detach().numpy()
+
+
+def _attention(spec: Any, attn: Any, self_attention: bool) -> None:
+    """Our q and kv (keys then values) linears into CTranslate2's fused layout."""
+    q_w, q_b = attn.q.weight.detach().numpy(), attn.q.bias.detach().numpy()
+    kv_w, kv_b = attn.kv.weight.detach().numpy(), attn.kv.bias.detach().numpy()
+    if self_attention:  # one linear: [q; k; v]
+        spec.linear[0].weight, spec.linear[0].bias = np.concatenate([q_w, kv_w]), np.concatenate([q_b, kv_b])
+    else:  # query linear, then [k; v] over the encoder output
+        spec.linear[0].weight, spec.linear[0].bias = q_w, q_b
+        spec.linear[1].weight, spec.linear[1].bias = kv_w, kv_b
+    _linear(spec.linear[-1], attn.out)
+
+
+def _ffn(spec: Any, ff: torch.nn.Sequential, norm: torch.nn.LayerNorm) -> None:
+    _norm(spec.layer_norm, norm)
+    _linear(spec.linear_0, ff[0])
+    _linear(spec.linear_1, ff[3])
+
+
+def _positions(embed: Embedding) -> np.ndarray:
+    """The (max_positions, d) table this side adds: its own learned one, or the fixed sinusoids."""
+    table = embed.learned.weight if embed.positions == "learned" else embed.table
+    return table.detach().numpy()
+
+
+def model_spec(model: TransformerSeq2Seq, tokenizers: Tokenizers) -> Any:
+    """The CTranslate2 TransformerSpec holding this model's weights and vocabularies."""
+    ct2 = _require_ctranslate2()
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    cfg = model.cfg
+    spec = transformer_spec.TransformerSpec.from_config(
+        (cfg.encoder_layers, cfg.decoder_layers), cfg.heads, pre_norm=True, activation=common_spec.Activation.RELU
+    )
+    spec.config.layer_norm_epsilon = model.enc_norm.eps
+    for side, embed in ((spec.encoder, model.src_embed), (spec.decoder, model.tgt_embed)):
+        embeddings = side.embeddings[0] if isinstance(side.embeddings, list) else side.embeddings
+        embeddings.weight = embed.tokens.weight.detach().numpy()
+        side.scale_embeddings = True  # tokens * sqrt(d), then positions: as Embedding.forward
+        side.position_encodings.encodings = _positions(embed)
+    _norm(spec.encoder.layer_norm, model.enc_norm)
+    for layer_spec, layer in zip(spec.encoder.layer, model.encoder, strict=True):
+        _attention(layer_spec.self_attention, layer.attn, self_attention=True)
+        _norm(layer_spec.self_attention.layer_norm, layer.norm1)
+        _ffn(layer_spec.ffn, layer.ff, layer.norm2)
+    _norm(spec.decoder.layer_norm, model.dec_norm)
+    for layer_spec, layer in zip(spec.decoder.layer, model.decoder, strict=True):
+        _attention(layer_spec.self_attention, layer.self_attn, self_attention=True)
+        _norm(layer_spec.self_attention.layer_norm, layer.norms[0])
+        _attention(layer_spec.attention, layer.cross_attn, self_attention=False)
+        _norm(layer_spec.attention.layer_norm, layer.norms[1])
+        _ffn(layer_spec.ffn, layer.ff, layer.norms[2])
+    _linear(spec.decoder.projection, model.out)
+    for register, sp in ((spec.register_source_vocabulary, tokenizers.src), (spec.register_target_vocabulary, tokenizers.tgt)):
+        register([sp.id_to_piece(i) for i in range(sp.get_piece_size())])
+    pieces = tokenizers.tgt
+    spec.config.unk_token, spec.config.bos_token = pieces.id_to_piece(UNK), pieces.id_to_piece(BOS)
+    spec.config.eos_token, spec.config.decoder_start_token = pieces.id_to_piece(EOS), pieces.id_to_piece(BOS)
+    log.debug("CTranslate2 %s spec built", ct2.__version__)
+    return spec
+
+
+def convert(model_path: Path, tokenizer_dir: Path, out_dir: Path, quantization: Quantization = "int8") -> Path:
+    """Convert an s2s Transformer checkpoint into a CTranslate2 model folder at `out_dir` (replaced if present)."""
+    ct2 = _require_ctranslate2()
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    payload = checkpoint.read(model_path)
+    cfg = ModelConfig.model_validate(payload["model_config"])
+    if cfg.arch != "transformer":
+        raise ExportError(
+            f"{model_path}: a recurrent model (model.arch={cfg.arch}, decoder {cfg.rnn.decoder}) cannot be exported to "
+            "CTranslate2: CTranslate2 runs Transformer encoder-decoders only and has no spec for recurrent cells with "
+            "attention; serve this model with the PyTorch engine (the registered version as it is)"
+        )
+    model, _, _ = checkpoint.load_model(model_path, "cpu")
+    assert isinstance(model, TransformerSeq2Seq)
+    tokenizers = Tokenizers.load(tokenizer_dir)
+
+    class _Converter(ct2.converters.Converter):
+        def _load(self) -> Any:
+            return model_spec(model, tokenizers)
+
+    _Converter().convert(str(out_dir), quantization=quantization, force=True)
+    (out_dir / ENGINE_FILE).write_text(
+        json.dumps({"engine": "ctranslate2", "quantization": quantization, "ctranslate2": ct2.__version__}, indent=2) + "\n"
+    )
+    log.info("converted %s to CTranslate2 (%s) in %s", model_path, quantization, out_dir)
+    return out_dir
+
+
+def quantization_of(model_dir: Path) -> str:
+    """The quantization a converted folder was written with."""
+    meta = model_dir / ENGINE_FILE
+    if not meta.is_file():
+        raise ExportError(f"{model_dir}: not a CTranslate2 model exported by s2s (no {ENGINE_FILE})")
+    return str(json.loads(meta.read_text())["quantization"])
+
+
+class CT2Translator:
+    """The `Translator` interface (translate, translate_nbest) over a CTranslate2 model folder."""
+
+    engine = "ctranslate2"
+
+    def __init__(self, translator: Any, tokenizers: Tokenizers, quantization: str) -> None:
+        self.translator, self.tok, self.quantization = translator, tokenizers, quantization
+        # Never generated, as in s2s's own search (search.NEVER).
+        self.suppress = [[tokenizers.tgt.id_to_piece(PAD)], [tokenizers.tgt.id_to_piece(BOS)]]
+
+    @classmethod
+    def load(cls, model_dir: Path, tokenizer_dir: Path, device: str = "auto", threads: int = 0) -> CT2Translator:
+        """`threads` 0: as many as PyTorch uses (all cores unless OMP_NUM_THREADS or torch says otherwise)."""
+        ct2 = _require_ctranslate2()
+        if device == "auto":
+            device = "cuda" if ct2.get_cuda_device_count() > 0 else "cpu"
+        quantization = quantization_of(model_dir)
+        if device == "cpu" and quantization in GPU_ONLY:
+            log.warning("%s weights on a CPU: CTranslate2 computes in a CPU type instead", quantization)
+        translator = ct2.Translator(
+            str(model_dir), device=device, compute_type="default", inter_threads=1,
+            intra_threads=threads or torch.get_num_threads(),
+        )  # fmt: skip
+        return cls(translator, Tokenizers.load(tokenizer_dir), quantization)
+
+    def nbest_pieces(self, sources: list[str], n: int, cfg: EvaluateConfig) -> list[list[list[str]]]:
+        """The `n` best target pieces of each sentence, best first, in input order."""
+        ids = source_ids(self.tok, sources)
+        beam = max(cfg.beam_size, n)
+        limits = max_lengths(torch.tensor([len(s) for s in ids]), cfg.max_len_a, cfg.max_len_b).tolist()
+        results: list[list[list[str]]] = [[] for _ in ids]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch, as in Translator
+        for start in range(0, len(order), cfg.batch_size):
+            index = order[start : start + cfg.batch_size]
+            out = self.translator.translate_batch(
+                [[self.tok.src.id_to_piece(t) for t in ids[i]] for i in index],
+                beam_size=beam,
+                num_hypotheses=n,
+                length_penalty=cfg.length_penalty,
+                # One limit per call: the batch's largest (+1 for EOS), then each sentence cut to its own below.
+                max_decoding_length=max(limits[i] for i in index) + 1,
+                min_decoding_length=0,
+                max_input_length=0,  # source_ids already cut the source
+                suppress_sequences=self.suppress,
+            )
+            for i, result in zip(index, out, strict=True):
+                results[i] = [hyp[: limits[i]] for hyp in result.hypotheses]
+        return results
+
+    def translate_nbest(self, sources: list[str], n: int, cfg: EvaluateConfig | None = None) -> list[list[str]]:
+        return [[self.tok.tgt.decode(h) for h in hyps] for hyps in self.nbest_pieces(sources, n, cfg or EvaluateConfig())]
+
+    def translate(self, sources: list[str], cfg: EvaluateConfig | None = None) -> list[str]:
+        return [hyps[0] for hyps in self.translate_nbest(sources, 1, cfg)]
