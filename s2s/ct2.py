@@ -1,18 +1,20 @@
 """CTranslate2: an s2s Transformer converted with CTranslate2's model-spec API, and a translator that runs it.
 
 The spec maps our layers one to one (pre-norm layers, final layer norms,
-sqrt(d)-scaled embeddings plus our own position table, fused QKV), so the
-converted model computes what the PyTorch one does. Decoding differs in two
-documented ways, both only in beam search:
+sqrt(d)-scaled embeddings plus our own position tables, fused QKV), so the
+converted model computes what the PyTorch one does: float32 target
+log-probabilities agree to 2e-4 (tests/test_ct2.py).
 
-- CTranslate2 normalises a finished hypothesis by length ** alpha (length
-  without EOS), s2s by the GNMT penalty ((5 + length) / 6) ** alpha (length
-  with EOS); with alpha 0 both rank by log-probability alone.
-- CTranslate2 stops a sentence once `beam_size` hypotheses have finished;
-  s2s goes on until no live hypothesis can beat the worst finished one.
-
-Greedy decoding is the same search in both. Recurrent models have no
-CTranslate2 spec for their decoders and stay on PyTorch.
+Decoding follows s2s's search. Greedy is the same search. For beam search
+CTranslate2 normalises by `length ** alpha` and stops a sentence once
+`beam_size` hypotheses have finished, where s2s uses GNMT's
+`((5 + length) / 6) ** alpha` and goes on until no live hypothesis can beat
+its finished ones; so CTranslate2 is asked for raw log-probabilities of up to
+PATIENCE * beam finished hypotheses and s2s's penalty picks among them. What
+can still differ: a sentence whose best hypothesis finishes after those, and
+sentences cut at their length limit (CTranslate2 takes one limit per batch;
+each output is then cut to its own). Recurrent models have no CTranslate2
+spec for their decoders and stay on PyTorch.
 """
 
 from __future__ import annotations
@@ -29,13 +31,16 @@ from s2s import checkpoint
 from s2s.config import QUANTIZATIONS, EvaluateConfig, ModelConfig, Quantization
 from s2s.errors import S2SError
 from s2s.models.transformer import Embedding, TransformerSeq2Seq
-from s2s.search import max_lengths
+from s2s.search import length_penalty, max_lengths
 from s2s.tokenizer import BOS, EOS, PAD, UNK, Tokenizers
 from s2s.translate import source_ids
 
 log = logging.getLogger(__name__)
 
 GPU_ONLY = ("float16", "bfloat16", "int8_float16", "int8_bfloat16")  # CPUs compute these in float32 or int8
+# CTranslate2's beam search goes on until PATIENCE * beam_size hypotheses have finished: 2 found every beam-5
+# translation s2s's own search finds on Multi30k test_2016 (1,000 of 1,000; 977 with 1). BENCHMARKS.md.
+PATIENCE = 2
 ENGINE_FILE = "s2s-engine.json"  # written beside CTranslate2's model.bin: what the folder holds and was made from
 
 
@@ -144,19 +149,19 @@ def convert(model_path: Path, tokenizer_dir: Path, out_dir: Path, quantization: 
             return model_spec(model, tokenizers)
 
     _Converter().convert(str(out_dir), quantization=quantization, force=True)
-    (out_dir / ENGINE_FILE).write_text(
-        json.dumps({"engine": "ctranslate2", "quantization": quantization, "ctranslate2": ct2.__version__}, indent=2) + "\n"
-    )
+    meta = {"engine": "ctranslate2", "quantization": quantization, "ctranslate2": ct2.__version__,
+            "max_positions": cfg.transformer.max_positions}  # fmt: skip
+    (out_dir / ENGINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     log.info("converted %s to CTranslate2 (%s) in %s", model_path, quantization, out_dir)
     return out_dir
 
 
-def quantization_of(model_dir: Path) -> str:
-    """The quantization a converted folder was written with."""
+def engine_meta(model_dir: Path) -> dict[str, Any]:
+    """What a converted folder holds: quantization, CTranslate2 version, the model's max_positions."""
     meta = model_dir / ENGINE_FILE
     if not meta.is_file():
         raise ExportError(f"{model_dir}: not a CTranslate2 model exported by s2s (no {ENGINE_FILE})")
-    return str(json.loads(meta.read_text())["quantization"])
+    return dict(json.loads(meta.read_text()))
 
 
 class CT2Translator:
@@ -164,8 +169,9 @@ class CT2Translator:
 
     engine = "ctranslate2"
 
-    def __init__(self, translator: Any, tokenizers: Tokenizers, quantization: str) -> None:
+    def __init__(self, translator: Any, tokenizers: Tokenizers, quantization: str, max_positions: int | None) -> None:
         self.translator, self.tok, self.quantization = translator, tokenizers, quantization
+        self.max_positions = max_positions
         # Never generated, as in s2s's own search (search.NEVER).
         self.suppress = [[tokenizers.tgt.id_to_piece(PAD)], [tokenizers.tgt.id_to_piece(BOS)]]
 
@@ -175,29 +181,36 @@ class CT2Translator:
         ct2 = _require_ctranslate2()
         if device == "auto":
             device = "cuda" if ct2.get_cuda_device_count() > 0 else "cpu"
-        quantization = quantization_of(model_dir)
+        meta = engine_meta(model_dir)
+        quantization = meta["quantization"]
         if device == "cpu" and quantization in GPU_ONLY:
             log.warning("%s weights on a CPU: CTranslate2 computes in a CPU type instead", quantization)
         translator = ct2.Translator(
             str(model_dir), device=device, compute_type="default", inter_threads=1,
             intra_threads=threads or torch.get_num_threads(),
         )  # fmt: skip
-        return cls(translator, Tokenizers.load(tokenizer_dir), quantization)
+        return cls(translator, Tokenizers.load(tokenizer_dir), quantization, meta.get("max_positions"))
 
     def nbest_pieces(self, sources: list[str], n: int, cfg: EvaluateConfig) -> list[list[list[str]]]:
         """The `n` best target pieces of each sentence, best first, in input order."""
-        ids = source_ids(self.tok, sources)
+        ids = source_ids(self.tok, sources, self.max_positions)
         beam = max(cfg.beam_size, n)
-        limits = max_lengths(torch.tensor([len(s) for s in ids]), cfg.max_len_a, cfg.max_len_b).tolist()
+        cap = self.max_positions - 1 if self.max_positions else None
+        limits = max_lengths(torch.tensor([len(s) for s in ids]), cfg.max_len_a, cfg.max_len_b, cap).tolist()
+        # Beam search as s2s's own (see the module docstring): CTranslate2 keeps finishing hypotheses until
+        # PATIENCE * beam have, scoring them by log-probability alone (an exponent of exactly 0 would end the search at
+        # the first finished top beam; 1e-6 changes a score by a millionth of its log), and s2s's GNMT penalty picks.
+        options = {"beam_size": 1} if beam == 1 else {
+            "beam_size": beam, "patience": PATIENCE, "num_hypotheses": round(beam * PATIENCE), "length_penalty": 1e-6,
+            "return_scores": True,
+        }  # fmt: skip
         results: list[list[list[str]]] = [[] for _ in ids]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch, as in Translator
         for start in range(0, len(order), cfg.batch_size):
             index = order[start : start + cfg.batch_size]
             out = self.translator.translate_batch(
                 [[self.tok.src.id_to_piece(t) for t in ids[i]] for i in index],
-                beam_size=beam,
-                num_hypotheses=n,
-                length_penalty=cfg.length_penalty,
+                **options,
                 # One limit per call: the batch's largest (+1 for EOS), then each sentence cut to its own below.
                 max_decoding_length=max(limits[i] for i in index) + 1,
                 min_decoding_length=0,
@@ -205,7 +218,13 @@ class CT2Translator:
                 suppress_sequences=self.suppress,
             )
             for i, result in zip(index, out, strict=True):
-                results[i] = [hyp[: limits[i]] for hyp in result.hypotheses]
+                hyps = [hyp[: limits[i]] for hyp in result.hypotheses]
+                if beam > 1:  # GNMT over the length with EOS, as search.beam_search
+                    alpha = cfg.length_penalty
+                    ranked = sorted(zip(hyps, result.scores, strict=True),
+                                    key=lambda hs: -hs[1] / length_penalty(len(hs[0]) + 1, alpha))  # fmt: skip
+                    hyps = [h for h, _ in ranked]
+                results[i] = hyps[:n]
         return results
 
     def translate_nbest(self, sources: list[str], n: int, cfg: EvaluateConfig | None = None) -> list[list[str]]:

@@ -16,22 +16,21 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import mlflow
 import mlflow.pyfunc
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
-from pydantic import ValidationError
 
 from s2s import layout
-from s2s.config import DEFAULT_TRACKING_URI, QUANTIZATIONS, EvaluateConfig, RegistryConfig, format_validation_error
+from s2s.config import DEFAULT_TRACKING_URI, QUANTIZATIONS, EvaluateConfig, RegistryConfig
 from s2s.promotion import Decision, Floor, decide
+from s2s.serving import DECODING_OPTIONS, RequestBatcher, RequestError, ServeLimits, decoding_with
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +54,6 @@ from s2s.registry import S2SPyfunc
 mlflow.models.set_model(S2SPyfunc())
 '''
 INPUT_EXAMPLE = ["We saw a big dog yesterday."]
-# Decoding options a registered model takes per request (MLflow inference params); each defaults to how the version was
-# registered to decode, which is how the evaluate stage scored it (n_best: 1).
-DECODING_OPTIONS = {"beam_size": int, "n_best": int, "length_penalty": float, "max_len_a": float, "max_len_b": int}
 # What a version's engine tag says: PyTorch (what the pipeline registers) or CTranslate2 with its quantization.
 ENGINE_TAG, EXPORTED_FROM_TAG, PYTORCH = "s2s.engine", "s2s.exported_from", "pytorch"
 
@@ -70,66 +66,6 @@ def input_example(decoding: EvaluateConfig) -> tuple[list[str], dict[str, Any]]:
     """
     values = {**decoding.model_dump(), "n_best": 1}
     return INPUT_EXAMPLE, {name: kind(values[name]) for name, kind in DECODING_OPTIONS.items()}
-
-
-class RequestError(ValueError):
-    """A request the model refuses; the message names the option or input at fault."""
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """Bounds on one request's work, so one client cannot starve the others; 0 lifts a bound.
-
-    Read from the environment of the process that loads the model (`S2S_MAX_SENTENCES=5000 mlflow models serve ...`).
-    """
-
-    max_sentences: int = 1000  # per request: ~20 s of beam-5 PyTorch decoding on 2 cores, inside MLflow's 60 s timeout
-    max_chars: int = 2000  # per sentence: Multi30k's longest is ~300
-    max_beam: int = 16  # beam_size and n_best
-
-    ENV: ClassVar[dict[str, str]] = {
-        "max_sentences": "S2S_MAX_SENTENCES", "max_chars": "S2S_MAX_CHARS", "max_beam": "S2S_MAX_BEAM"
-    }  # fmt: skip
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServeLimits:
-        values: dict[str, int] = {}
-        for field, variable in cls.ENV.items():
-            raw = environ.get(variable)
-            if raw is None:
-                continue
-            if not raw.strip().isdigit():
-                raise ValueError(f"{variable}={raw!r}: expected a whole number >= 0 (0: no limit)")
-            values[field] = int(raw)
-        return cls(**values)
-
-    def check(self, sources: list[str], beam_size: int, n_best: int) -> None:
-        if self.max_sentences and len(sources) > self.max_sentences:
-            raise RequestError(f"{len(sources)} sentences in one request; at most {self.max_sentences} "
-                               f"({self.ENV['max_sentences']}): split the request")  # fmt: skip
-        for i, source in enumerate(sources):  # strings: MLflow checks them against predict's type hint first
-            if self.max_chars and len(source) > self.max_chars:
-                raise RequestError(f"input {i} has {len(source)} characters; at most {self.max_chars} per sentence "
-                                   f"({self.ENV['max_chars']})")  # fmt: skip
-        for name, value in (("beam_size", beam_size), ("n_best", n_best)):
-            if self.max_beam and value > self.max_beam:
-                raise RequestError(f"{name}: {value} is above this server's maximum of {self.max_beam} ({self.ENV['max_beam']})")
-
-
-def decoding_with(registered: EvaluateConfig, options: dict[str, Any] | None) -> tuple[EvaluateConfig, int]:
-    """The registered decoding settings with a request's options applied, and n_best; a bad option is an error."""
-    given = {k: v for k, v in (options or {}).items() if v is not None}
-    unknown = sorted(set(given) - set(DECODING_OPTIONS))
-    if unknown:
-        raise RequestError(f"unknown decoding option(s) {', '.join(unknown)}; accepted: {', '.join(DECODING_OPTIONS)}")
-    n_best = given.pop("n_best", 1)
-    if isinstance(n_best, bool) or not isinstance(n_best, int) or n_best < 1:
-        raise RequestError(f"n_best: expected a whole number >= 1, got {n_best!r}")
-    try:
-        cfg = EvaluateConfig.model_validate({**registered.model_dump(), **given})
-    except ValidationError as err:
-        raise RequestError(format_validation_error(err, EvaluateConfig, "decoding options")) from None
-    return (cfg.model_copy(update={"beam_size": n_best}) if n_best > cfg.beam_size else cfg), n_best
 
 
 class S2SPyfunc(mlflow.pyfunc.PythonModel):
@@ -148,8 +84,12 @@ class S2SPyfunc(mlflow.pyfunc.PythonModel):
             self.translator = Translator.load(Path(context.artifacts["model"]), tokenizer)
         self.decoding = EvaluateConfig.model_validate(json.loads(Path(context.artifacts["decoding"]).read_text()))
         self.limits = ServeLimits.from_env()
-        # PyTorch already spreads one batch over every core; concurrent requests would only fight over them.
-        self.lock = threading.Lock()
+        self.batcher = RequestBatcher(self._decode)
+
+    def _decode(self, sources: list[str], cfg: EvaluateConfig, n_best: int) -> list[Any]:
+        if n_best == 1:
+            return list(self.translator.translate(sources, cfg))
+        return list(self.translator.translate_nbest(sources, n_best, cfg))
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: list[str], params: dict[str, Any] | None = None
@@ -166,10 +106,7 @@ class S2SPyfunc(mlflow.pyfunc.PythonModel):
             self.limits.check(sources, cfg.beam_size, n_best)
         except RequestError as err:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(str(err)) from None
-        with self.lock:
-            if n_best == 1:
-                return self.translator.translate(sources, cfg)
-            return self.translator.translate_nbest(sources, n_best, cfg)  # type: ignore[no-any-return]
+        return self.batcher(sources, cfg, n_best) if sources else []
 
     def attention(self, sources: list[str]) -> list[dict[str, Any]]:
         """Translations with their source-target attention, for `load_model(uri).unwrap_python_model()`.

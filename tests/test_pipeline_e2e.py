@@ -363,7 +363,7 @@ def test_promote_export_registers_the_new_transformer_champion_for_ctranslate2(t
     assert second["s2s.lineage"] == first["s2s.lineage"] and second["git.commit"] == first["git.commit"]
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     aliases = MlflowClient(uri, uri).get_registered_model("s2s-translator").aliases
-    assert {k: str(v) for k, v in aliases.items()} == {"champion": "1", "champion-int8": "2"}
+    assert {k: str(v) for k, v in aliases.items()} == {"challenger": "1", "champion": "1", "champion-int8": "2"}
     mlflow.set_registry_uri(uri)
     sources = [row["source"] for row in _samples(ws, 5)]
     served = mlflow.pyfunc.load_model("models:/s2s-translator@champion-int8").predict(sources)

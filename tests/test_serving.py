@@ -26,14 +26,13 @@ from s2s.registry import (
     ENGINE_TAG,
     EXPORTED_FROM_TAG,
     LINEAGE_TAG,
-    ServeLimits,
     export_version,
     promote,
     register,
     rollback,
 )
+from s2s.serving import RequestBatcher, ServeLimits
 
-pytestmark = pytest.mark.slow
 TRANSFORMER = {
     "model": {"arch": "transformer", "transformer": {"d_model": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 1,
                                                      "ff": 64, "max_positions": 128}},
@@ -85,6 +84,7 @@ def served(registry: dict[str, Any]) -> Iterator[int]:
         stop(server)
 
 
+@pytest.mark.slow
 def test_export_registers_a_version_with_engine_and_lineage_once(registry: dict[str, Any]) -> None:
     client: MlflowClient = registry["client"]
     source, exported = client.get_model_version("served", "1"), client.get_model_version("served", "2")
@@ -106,6 +106,7 @@ def test_export_registers_a_version_with_engine_and_lineage_once(registry: dict[
     assert [str(v.version) for v in client.search_model_versions("name = 'served'")] == ["2", "1"]
 
 
+@pytest.mark.slow
 def test_a_recurrent_version_is_refused_and_nothing_registered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ws = tmp_path / "ws"
     register(run_inputs(ws, "recurrent"), "lineage-r", {}, "an RNN")
@@ -117,6 +118,7 @@ def test_a_recurrent_version_is_refused_and_nothing_registered(tmp_path: Path, c
     assert not (ws / ".cache" / "export").exists()
 
 
+@pytest.mark.slow
 def test_export_aliases_follow_the_champion(registry: dict[str, Any], tmp_path: Path) -> None:
     client: MlflowClient = registry["client"]
     promote(client, "served", "1", "test")
@@ -129,6 +131,7 @@ def test_export_aliases_follow_the_champion(registry: dict[str, Any], tmp_path: 
     assert {k: str(v) for k, v in aliases.items()} == {"champion": "1", "champion-int8": "2"}
 
 
+@pytest.mark.slow
 def test_the_exported_version_loads_with_pyfunc_and_translates(registry: dict[str, Any]) -> None:
     mlflow.set_registry_uri(registry["uri"])  # other tests point MLflow elsewhere
     model = mlflow.pyfunc.load_model("models:/served/2")
@@ -137,6 +140,7 @@ def test_the_exported_version_loads_with_pyfunc_and_translates(registry: dict[st
     assert model.predict(SOURCES[:2], params={"n_best": 2}) == registry["local"].translate_nbest(SOURCES[:2], 2, registered)
 
 
+@pytest.mark.slow
 def test_served_export_takes_decoding_options_per_request(registry: dict[str, Any], served: int) -> None:
     local: CT2Translator = registry["local"]
     greedy, beam5 = local.translate(SOURCES, EvaluateConfig()), local.translate(SOURCES, EvaluateConfig(beam_size=5))
@@ -160,6 +164,7 @@ BAD_REQUESTS: dict[str, tuple[bytes | dict[str, Any], str]] = {
 }
 
 
+@pytest.mark.slow
 def test_bad_requests_get_a_400_naming_the_fault_and_others_are_still_served(registry: dict[str, Any], served: int) -> None:
     good: list[tuple[int, Any]] = []
     stop_good = threading.Event()
@@ -187,3 +192,41 @@ def test_serve_limits_come_from_the_environment() -> None:
     assert ServeLimits.from_env({"S2S_MAX_SENTENCES": "5", "S2S_MAX_CHARS": "0"}) == ServeLimits(5, 0, 16)
     with pytest.raises(ValueError, match=r"S2S_MAX_BEAM='many': expected a whole number >= 0"):
         ServeLimits.from_env({"S2S_MAX_BEAM": "many"})
+
+
+def test_concurrent_requests_with_the_same_options_are_decoded_as_one_batch() -> None:
+    calls: list[tuple[list[str], int]] = []
+    release = threading.Event()
+
+    def decode(sources: list[str], cfg: EvaluateConfig, n_best: int) -> list[str]:
+        calls.append((list(sources), cfg.beam_size))
+        release.wait(5)  # the first batch holds the decoder while the others queue
+        if "boom" in sources:
+            raise RuntimeError("engine failed")
+        return [s.upper() for s in sources]
+
+    batcher = RequestBatcher(decode)
+    results: dict[str, Any] = {}
+
+    def ask(name: str, sources: list[str], beam: int) -> None:
+        try:
+            results[name] = batcher(sources, EvaluateConfig(beam_size=beam), 1)
+        except RuntimeError as err:
+            results[name] = str(err)
+
+    first = threading.Thread(target=ask, args=("first", ["a"], 1))
+    first.start()
+    while not calls:
+        threading.Event().wait(0.01)
+    waiting = [threading.Thread(target=ask, args=args) for args in
+               (("b", ["b", "c"], 1), ("d", ["d"], 1), ("beam", ["e"], 5), ("bad", ["boom"], 3))]  # fmt: skip
+    for queued, thread in enumerate(waiting, 1):  # one at a time, so the queue's order is known
+        thread.start()
+        while len(batcher.queue) < queued:
+            threading.Event().wait(0.01)
+    release.set()
+    for thread in [first, *waiting]:
+        thread.join()
+    assert results == {"first": ["A"], "b": ["B", "C"], "d": ["D"], "beam": ["E"], "bad": "engine failed"}
+    # One call for the first request; then the queued ones with equal options together, in arrival order.
+    assert calls[0] == (["a"], 1) and sorted(calls[1:]) == [(["b", "c", "d"], 1), (["boom"], 3), (["e"], 5)]
