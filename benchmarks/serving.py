@@ -26,10 +26,10 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +117,13 @@ def offline(ws: Path, ct2_dir: Path, repeat: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- HTTP
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def answering(server: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether the server answers /ping yet; an error once it has exited."""
+    from flows.stack import answers
+
+    if server.poll() is not None:
+        raise RuntimeError(f"mlflow models serve exited with {server.returncode}")
+    return answers(f"http://127.0.0.1:{port}/ping")
 
 
 def group_peak_mb(pgid: int) -> float:
@@ -186,6 +189,7 @@ def http(ws: Path, scratch: Path, clients: int, seconds: float) -> dict[str, Any
     from mlflow import MlflowClient
 
     from flows.pipeline import read_lock
+    from flows.stack import free_port, wait_until
     from s2s.registry import RunInputs, export_version, lineage_key, register
 
     scratch.mkdir(parents=True, exist_ok=True)
@@ -206,7 +210,7 @@ def http(ws: Path, scratch: Path, clients: int, seconds: float) -> dict[str, Any
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
         server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_ready(port, server)
+            wait_until("mlflow models serve", partial(answering, server, port), 180, scratch / f"serve-{engine}.log")
             asyncio.run(load(port, sources[:16], 2, 5.0, {"beam_size": 5}))  # warm-up, not counted
             results[engine] = asyncio.run(load(port, sources, clients, seconds, {"beam_size": 5}))
             results[engine]["server_peak_rss_mb"] = group_peak_mb(server.pid)
@@ -218,21 +222,6 @@ def http(ws: Path, scratch: Path, clients: int, seconds: float) -> dict[str, Any
               f"{r['requests_per_second']} req/s, p50 {r['latency_ms']['p50']} ms, p99 {r['latency_ms']['p99']} ms, "
               f"server peak {r['server_peak_rss_mb']} MB", flush=True)  # fmt: skip
     return results
-
-
-def wait_ready(port: int, server: subprocess.Popen[bytes], seconds: float = 180) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow models serve exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow models serve did not answer on port {port} in {seconds} s")
 
 
 def main() -> None:

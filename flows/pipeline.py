@@ -28,7 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from s2s import layout
-from s2s.config import Params, PromoteConfig, RegistryConfig, load_params
+from s2s.config import Params, PromoteConfig, Quantization, RegistryConfig, load_params
 from s2s.errors import S2SError
 from s2s.metrics import METRICS
 from s2s.promotion import Floor
@@ -414,11 +414,9 @@ def promotion_gate(workspace: Path, registry: RegistryConfig, promote: PromoteCo
 
 
 @task(name="export-champion", retries=1, retry_delay_seconds=5)
-def export_champion(workspace: Path, registry: RegistryConfig, promote: PromoteConfig, arch: str) -> dict[str, Any]:
+def export_champion(workspace: Path, registry: RegistryConfig, quantization: Quantization, arch: str) -> dict[str, Any]:
     """The new champion converted to CTranslate2 as its own version, under the alias champion-<quantization>."""
     logger = get_run_logger()
-    quantization = promote.export
-    assert quantization is not None
     if arch != "transformer":
         logger.warning("promote.export=%s: the champion is a %s model, which CTranslate2 cannot run; not exported",
                        quantization, arch)  # fmt: skip
@@ -490,7 +488,7 @@ def pipeline(workspace: str = ".", force: bool = False) -> dict[str, Any]:
         registered = register_model(root, params.registry)
         gate = promotion_gate(root, params.registry, params.promote, registered)
         if params.promote.export and gate["decision"] == "promoted":
-            gate["export"] = export_champion(root, params.registry, params.promote, params.model.arch)
+            gate["export"] = export_champion(root, params.registry, params.promote.export, params.model.arch)
     metrics = json.loads((root / layout.EVAL_METRICS).read_text())
     ui = registered.tracking_uri if is_server(registered.tracking_uri) else params.registry.ui_url  # a server is its own UI
     create_markdown_artifact(

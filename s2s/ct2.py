@@ -33,7 +33,7 @@ from s2s.errors import S2SError
 from s2s.models.transformer import Embedding, TransformerSeq2Seq
 from s2s.search import length_penalty, max_lengths
 from s2s.tokenizer import BOS, EOS, PAD, UNK, Tokenizers
-from s2s.translate import source_ids
+from s2s.translate import length_batches, source_ids
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _positions(embed: Embedding) -> np.ndarray:
 
 def model_spec(model: TransformerSeq2Seq, tokenizers: Tokenizers) -> Any:
     """The CTranslate2 TransformerSpec holding this model's weights and vocabularies."""
-    ct2 = _require_ctranslate2()
+    _require_ctranslate2()
     from ctranslate2.specs import common_spec, transformer_spec
 
     cfg = model.cfg
@@ -123,7 +123,6 @@ def model_spec(model: TransformerSeq2Seq, tokenizers: Tokenizers) -> Any:
     pieces = tokenizers.tgt
     spec.config.unk_token, spec.config.bos_token = pieces.id_to_piece(UNK), pieces.id_to_piece(BOS)
     spec.config.eos_token, spec.config.decoder_start_token = pieces.id_to_piece(EOS), pieces.id_to_piece(BOS)
-    log.debug("CTranslate2 %s spec built", ct2.__version__)
     return spec
 
 
@@ -205,9 +204,7 @@ class CT2Translator:
             "return_scores": True,
         }  # fmt: skip
         results: list[list[list[str]]] = [[] for _ in ids]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch, as in Translator
-        for start in range(0, len(order), cfg.batch_size):
-            index = order[start : start + cfg.batch_size]
+        for index in length_batches(ids, cfg.batch_size):
             out = self.translator.translate_batch(
                 [[self.tok.src.id_to_piece(t) for t in ids[i]] for i in index],
                 **options,

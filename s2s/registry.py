@@ -88,8 +88,8 @@ class S2SPyfunc(mlflow.pyfunc.PythonModel):
 
     def _decode(self, sources: list[str], cfg: EvaluateConfig, n_best: int) -> list[Any]:
         if n_best == 1:
-            return list(self.translator.translate(sources, cfg))
-        return list(self.translator.translate_nbest(sources, n_best, cfg))
+            return self.translator.translate(sources, cfg)  # type: ignore[no-any-return]
+        return self.translator.translate_nbest(sources, n_best, cfg)  # type: ignore[no-any-return]
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: list[str], params: dict[str, Any] | None = None

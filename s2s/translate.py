@@ -52,6 +52,13 @@ def source_ids(tokenizers: Tokenizers, sources: list[str], limit: int | None = N
     return [s if s else [tokenizers.src.unk_id()] for s in ids]
 
 
+def length_batches(ids: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `ids` in batches, longest first: similar lengths share a batch and a too-big batch fails early."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
 class Translator:
     """The PyTorch engine."""
 
@@ -66,12 +73,6 @@ class Translator:
         model, _, _ = checkpoint.load_model(model_path, dev)
         return cls(model, Tokenizers.load(tokenizer_dir), dev)
 
-    def _batches(self, ids: list[list[int]], batch_size: int) -> Iterator[list[int]]:
-        # Longest first, so similar lengths share a batch and a too-big batch fails early.
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            yield order[start : start + batch_size]
-
     def nbest(
         self,
         sources: list[str],
@@ -83,7 +84,7 @@ class Translator:
         self.model.eval()
         ids = source_ids(self.tok, sources, self.model.max_source_tokens)
         results: list[list[Hypothesis]] = [[] for _ in ids]
-        for index in self._batches(ids, cfg.batch_size):
+        for index in length_batches(ids, cfg.batch_size):
             src = pad([ids[i] for i in index]).to(self.device)
             src_len = torch.tensor([len(ids[i]) for i in index], device=self.device)
             hyps = translate_ids(self.model, src, src_len, cfg.beam_size, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, n)

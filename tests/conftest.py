@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from flows.stack import free_port
 from flows.workspace import deep_merge, make_workspace, run
 
 __all__ = ["BIN", "MULTI30K", "REPO", "TINY_PARAMS", "TRAINED_WITH", "clean_env", "deep_merge", "free_port",
@@ -103,12 +103,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without MLflow's URIs, which other tests' set_tracking_uri() exported."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     return {**env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, seconds: float, proc: subprocess.Popen[bytes], log: Path) -> None:
