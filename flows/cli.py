@@ -277,6 +277,60 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    """A hyperparameter sweep: run its queued trials here, submit them to a work pool, or write its best as a preset."""
+    from flows import sweep as flows_sweep
+    from s2s import sweep
+
+    workspace, space = Path(args.workspace).resolve(), Path(args.space)
+    name = args.study or space.stem
+    url = flows_sweep.storage_url(workspace, args.storage)
+    if args.best is not None:
+        study = sweep.load_study(name, url)
+        out = Path(args.best or f"presets/{name}-best.yaml")
+        out = out if out.is_absolute() else workspace / out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(sweep.best_preset(study, out.stem), encoding="utf-8")
+        best = sweep.best_trial(study)
+        print(f"s2s: best trial {best.number} of {name} (valid {study.user_attrs[sweep.METRIC_ATTR]} {best.value:.2f}) "
+              f"-> {out}\n     apply it with `s2s run --preset {out}`")  # fmt: skip
+        return 0
+    study = flows_sweep.open_sweep(workspace, space, args.study, args.storage, args.trials)
+    if args.submit:
+        from prefect.deployments import run_deployment
+
+        waiting = len(study.get_trials(deepcopy=False, states=(sweep.TrialState.WAITING,)))
+        deployment = f"{flows_sweep.TRIAL_FLOW}/{args.submit}"
+        for _ in range(waiting):  # the storage is not a parameter (it may hold a password): workers read S2S_SWEEP_STORAGE
+            run_deployment(deployment, parameters={"study": name, "workspace": "."}, timeout=0)
+        print(f"s2s: {waiting} flow run(s) of {deployment} submitted for study {name}; the pool's workers run them")
+        return 0
+
+    from flows.pipeline import Stop, quiet_console, request_stop
+
+    if not args.verbose:
+        quiet_console()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the running trial stops cleanly and is queued again
+        signal.signal(signum, request_stop)
+    state = flows_sweep.sweep_flow(study=name, workspace=str(workspace), storage=args.storage, return_state=True)
+    if not state.is_completed():
+        print(f"\ns2s: sweep failed: {state.message}", file=sys.stderr)
+        return 1
+    report = state.result()["report"]
+    rows = sweep.trial_rows(sweep.load_study(name, url))
+    print("\n" + sweep.markdown_table(rows))
+    if report["best_trial"] is not None:
+        print(f"best: trial {report['best_trial']}, valid {report['best_value']:.2f}: {report['best_params']}")
+    print(f"trials {report['trials']}, {report['hours']} h; pruning saved about {report['hours_saved_by_pruning']} h")
+    print(f"report: {flows_sweep.report_dir(workspace, name)} (and the sweep's MLflow run); "
+          f"`s2s sweep {args.space} --best` writes the best as a preset")  # fmt: skip
+    if Stop.signum:
+        print(f"s2s: {signal.Signals(Stop.signum).name}: stopped; the interrupted trial is queued again, run again to go on",
+              file=sys.stderr)  # fmt: skip
+        return 128 + Stop.signum
+    return 0
+
+
 def _rollback(args: argparse.Namespace) -> int:
     from s2s.registry import rollback
 
@@ -355,6 +409,20 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--params", default=PARAMS_FILE, help="params file inside the workspace (its registry section)")
         cmd.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: registry.tracking_uri of the params)")
         cmd.set_defaults(func=func)
+
+    sw = sub.add_parser("sweep", help="hyperparameter search (Optuna): trials run the real stages, selected on validation")
+    sw.add_argument("space", help="search-space file (sweeps/NAME.yaml): the swept params, fixed ones, trials, pruner")
+    sw.add_argument("--workspace", default=".", help="checkout whose params.yaml is the base of every trial (default: .)")
+    sw.add_argument("--study", help="study name (default: the search-space file's name); the same name continues it")
+    sw.add_argument(
+        "--storage", help="study database URL (default: $S2S_SWEEP_STORAGE, else sqlite:///sweeps.db in the workspace)"
+    )
+    sw.add_argument("--trials", type=int, help="queue trials until the study holds this many (default: the file's `trials`)")
+    sw.add_argument("--submit", metavar="DEPLOYMENT", help="queue, then submit one flow run per trial to this deployment of "
+                    "the s2s-sweep-trial flow (prefect.yaml: s2s-sweep-trial); pool workers run them")  # fmt: skip
+    sw.add_argument("--best", nargs="?", const="", metavar="FILE", help="write the best trial's recipe as a preset "
+                    "(default presets/STUDY-best.yaml); runs nothing")  # fmt: skip
+    sw.set_defaults(func=_sweep)
 
     st = sub.add_parser("stack", help="PostgreSQL, S3 (moto), MLflow and Prefect servers and a worker on 127.0.0.1")
     st.add_argument("action", choices=["up", "env", "down"])

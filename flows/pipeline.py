@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -154,8 +155,15 @@ def request_stop(signum: int, frame: object = None) -> None:
             os.killpg(child.pid, signum)
 
 
-def run_logged(args: list[str], cwd: Path, what: str) -> list[str]:
-    """Run a command, forwarding every output line to the Prefect log as it comes."""
+POLL_SECONDS = 2.0  # how often run_logged's `poll` looks (a sweep's pruner reads the training curve)
+
+
+def run_logged(args: list[str], cwd: Path, what: str, poll: Callable[[], bool] | None = None) -> list[str]:
+    """Run a command, forwarding every output line to the Prefect log as it comes.
+
+    `poll`, if given, is called every POLL_SECONDS while the command runs; when it returns True the command's
+    process group gets SIGTERM (the train stage saves its state and exits 143) and StageFailed follows as usual.
+    """
     logger = get_run_logger()
     logger.info("$ %s", " ".join(args))
     if Stop.signum:
@@ -167,6 +175,9 @@ def run_logged(args: list[str], cwd: Path, what: str) -> list[str]:
     ) as proc:  # fmt: skip
         Stop.children.add(proc)
         assert proc.stdout is not None
+        done = threading.Event()
+        if poll is not None:
+            threading.Thread(target=_poll_until, args=(proc, poll, done, logger), daemon=True).start()
 
         def follow() -> None:
             hint = False
@@ -189,6 +200,7 @@ def run_logged(args: list[str], cwd: Path, what: str) -> list[str]:
             request_stop(signum)  # the command stops cleanly (the train stage saves its state); wait for it
             follow()
         finally:
+            done.set()
             Stop.children.discard(proc)
     if proc.returncode != 0:
         # The stage's own error line says what went wrong (file, line, key); without one, the output's end.
@@ -198,6 +210,19 @@ def run_logged(args: list[str], cwd: Path, what: str) -> list[str]:
         tail = "\n".join(lines[-25:])
         raise StageFailed(f"{what} failed with exit code {proc.returncode}:\n{tail}")
     return lines
+
+
+def _poll_until(proc: subprocess.Popen[str], poll: Callable[[], bool], done: threading.Event, logger: Any) -> None:
+    while not done.wait(POLL_SECONDS) and proc.poll() is None:
+        try:
+            stop = poll()
+        except Exception as err:  # a poll that fails (a database hiccup) must not leave the command unwatched for good
+            logger.warning("poll failed, trying again: %s", err)
+            continue
+        if stop:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            return
 
 
 def _git(workspace: Path, *args: str) -> str:

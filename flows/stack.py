@@ -28,8 +28,10 @@ from pathlib import Path
 
 STATE_DIR = ".stack"
 POOL = "s2s"  # the Prefect work pool the deployment runs on
+SWEEP_POOL = "s2s-sweeps"  # sweep trials: each in its own workspace, so as many at once as there are workers
+SWEEP_STORAGE_ENV = "S2S_SWEEP_STORAGE"  # the Optuna study database, for `s2s sweep` and the sweep workers
 BUCKET = "s2s"  # MLflow artifacts under mlartifacts/, the DVC remote under dvc/
-DATABASES = ("mlflow", "prefect")
+DATABASES = ("mlflow", "prefect", "optuna")
 SERVICES = ("postgres", "s3", "mlflow", "prefect", "worker")
 BIN = Path(sys.executable).parent
 
@@ -76,6 +78,7 @@ class Stack:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": self.s3_endpoint,  # boto3, s3fs and DVC's S3 remote read this
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+            SWEEP_STORAGE_ENV: self.database_url("optuna"),
         }
 
     def save(self) -> None:
@@ -292,6 +295,11 @@ def start_prefect(stack: Stack) -> None:
         raise StackError(f"prefect work-pool create {POOL} failed:\n{created.stdout}{created.stderr}")
     # One run at a time on the pool: two runs never share a workspace (Prefect's limit, not a lock of ours).
     subprocess.run([prefect, "work-pool", "set-concurrency-limit", POOL, "1"], env=env, check=True, capture_output=True)
+    # Sweep trials have a workspace each: no pool limit; each worker takes one at a time (`--limit 1`).
+    created = subprocess.run([prefect, "work-pool", "create", SWEEP_POOL, "--type", "process"], env=env, capture_output=True,
+                             text=True)  # fmt: skip
+    if created.returncode != 0 and "already exists" not in created.stdout + created.stderr:
+        raise StackError(f"prefect work-pool create {SWEEP_POOL} failed:\n{created.stdout}{created.stderr}")
 
 
 def start_worker(stack: Stack, workspace: Path) -> None:

@@ -41,15 +41,18 @@ def write_params(root: Path, params: dict[str, Any]) -> None:
 GIT = ["git", "-c", "user.name=s2s", "-c", "user.email=s2s@example.invalid"]
 
 
-def make_workspace(root: Path, params: dict[str, Any], local_registry: bool = True) -> Path:
+def make_workspace(
+    root: Path, params: dict[str, Any], local_registry: bool = True, source: Path = REPO, cache_dir: Path | None = None
+) -> Path:
     """A git + DVC repository like a checkout of this one: dvc.yaml, s2s/, flows/, prefect.yaml, data/raw/, the DVC config.
 
-    Its default DVC remote is therefore `../s2s-dvc-remote` beside it, as for a real checkout.
+    Its default DVC remote is therefore `../s2s-dvc-remote` beside it, as for a real checkout. `source` is the
+    checkout whose stages and code it copies; `cache_dir` a DVC cache to share (else its own).
     """
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / DVC_FILE, root / DVC_FILE)
+    shutil.copy(source / DVC_FILE, root / DVC_FILE)
     for package in ("s2s", "flows"):
-        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(source / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "prefect.yaml", root / "prefect.yaml")
     (root / RAW_DIR).mkdir(parents=True)
     shutil.copy(REPO / RAW_DIR / ".gitignore", root / RAW_DIR / ".gitignore")
@@ -60,6 +63,8 @@ def make_workspace(root: Path, params: dict[str, Any], local_registry: bool = Tr
     run(["git", "init", "-q"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)
     shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    if cache_dir is not None:
+        run([sys.executable, "-m", "dvc", "config", "cache.dir", str(cache_dir)], root)
     run([*GIT, "add", "-A"], root)
     run([*GIT, "commit", "-q", "-m", "workspace"], root)
     return root

@@ -213,6 +213,12 @@ def split_batch(index: list[int], target_tokens: int, world: distributed.World, 
     return [(part, weight) if part else (index[:1], 0.0) for part in micro]
 
 
+def make_adam(model: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam with the kernel train.adam_kernel asks for (auto: PyTorch's choice, a per-tensor loop on CPU)."""
+    kernel = {"auto": {}, "loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.adam_kernel]
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, **kernel)
+
+
 def resume_key(cfg: TrainConfig, model_cfg: ModelConfig, eval_cfg: EvaluateConfig, prepared: Path, tokenizer_dir: Path) -> str:
     """What a resume state belongs to: the same configs, data and tokenizer, nothing else.
 
@@ -267,7 +273,7 @@ class Trainer:
         self.probe: list[float] = []  # elapsed seconds after each of the first updates, for check_budget
         self.stop_signal = 0
         self.steps_per_epoch = self.train_data.count_batches(cfg.batch_tokens)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+        self.optimizer = make_adam(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step + 1, cfg.warmup_steps, cfg.lr_schedule, self.run_fraction())
         )

@@ -69,3 +69,21 @@ def test_preset_from_a_file_is_validated_before_it_replaces_params(tmp_path: Pat
 def test_stack_env_without_a_stack_says_how_to_start_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stack", "env", "--dir", str(tmp_path / "none")]) == 1
     assert "no stack in" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_sweep_with_a_bad_space_file_names_the_key_and_creates_no_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({}))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"space": {"train.lrr": {"low": 0.001, "high": 0.01}}}))
+    assert main(["sweep", str(space), "--workspace", str(tmp_path)]) == 1
+    assert f"s2s: {space}: train.lrr: no such param" in capsys.readouterr().err
+    assert not (tmp_path / "sweeps.db").exists()  # refused before any study or MLflow run exists
+
+
+def test_sweep_best_of_an_unknown_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({}))
+    storage = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["sweep", str(tmp_path / "nope.yaml"), "--workspace", str(tmp_path), "--storage", storage, "--best"]) == 1
+    assert "no study 'nope' in sqlite:///" in capsys.readouterr().err

@@ -28,7 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
         "dvc.api",
         "sentencepiece",
         "sacrebleu",
+        "optuna",  # `s2s sweep`: the study, its RDB storage, TPE, Hyperband
+        "optuna.visualization.matplotlib",  # the sweep report's plots
         "flows.pipeline",
+        "flows.sweep",  # the s2s-sweep-trial deployment's entry point
         "flows.cli",
     ],
 )

@@ -104,6 +104,27 @@ def test_out_of_memory_names_the_batch_setting(prepared: tuple[Path, Path, Path]
         trainer.fit(root / "oom" / "model", root / "oom" / "curve.csv", root / "oom" / "train.json")
 
 
+@pytest.mark.parametrize("kernel", ["loop", "foreach", "fused"])
+def test_adam_kernels_make_the_same_updates(kernel: str) -> None:
+    """train.adam_kernel changes how Adam runs, not what it does: three updates agree with PyTorch's default."""
+    from s2s.train import make_adam
+
+    weights = []
+    for name in ("auto", kernel):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+        cfg = parse_params({"train": {"adam_kernel": name, "lr": 0.01}}).train
+        optimizer = make_adam(model, cfg)
+        for step in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(5, 8, generator=torch.Generator().manual_seed(step))).pow(2).sum().backward()
+            optimizer.step()
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        if name == "fused":
+            assert optimizer.param_groups[0]["fused"] is True
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
+
+
 def test_stop_early() -> None:
     assert not stop_early([10.0, 12.0, 11.0], 0)  # patience 0: never
     assert not stop_early([10.0, 12.0], 2)  # too few epochs to judge

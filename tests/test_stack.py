@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import TINY_PARAMS, deep_merge, make_workspace
+from optuna.trial import TrialState
 
 from flows import stack as team
 from s2s import layout
@@ -210,6 +211,48 @@ def test_promote_and_rollback_against_the_server(deployed: dict[str, Any]) -> No
     assert dict(sql(stack, "mlflow", "SELECT alias, version FROM registered_model_aliases"))["champion"] == other
     sh([str(BIN / "s2s"), "rollback", "--workspace", str(ws)], ws, env)
     assert dict(sql(stack, "mlflow", "SELECT alias, version FROM registered_model_aliases"))["champion"] == champion
+
+
+def test_two_sweep_workers_share_one_study_in_postgres_and_no_trial_runs_twice(deployed: dict[str, Any]) -> None:
+    """`s2s sweep --submit` queues four trials in the stack's PostgreSQL and makes one flow run each; two workers on
+    the sweep pool run them two at a time, each flow run taking a different queued trial."""
+    import optuna
+
+    stack, ws, env, tmp = deployed["stack"], deployed["ws"], deployed["env"], deployed["tmp"]
+    space = tmp / "team-sweep.yaml"
+    space.write_text(yaml.safe_dump({"trials": 4, "baseline": False, "fixed": {"train.epochs": 1}, "pruner": {"kind": "none"},
+                                     "space": {"train.lr": {"low": 0.005, "high": 0.05, "log": True}}}))  # fmt: skip
+    submitted = sh([str(BIN / "s2s"), "sweep", str(space), "--workspace", str(ws), "--submit", "s2s-sweep-trial"], ws, env)
+    assert "4 flow run(s) of s2s-sweep-trial/s2s-sweep-trial submitted" in submitted.stdout
+    study = optuna.load_study(study_name="team-sweep", storage=stack.database_url("optuna"))
+    logs = [tmp / f"sweeper-{k}.log" for k in (1, 2)]
+    workers = []
+    for log in logs:
+        with log.open("wb") as handle:
+            workers.append(subprocess.Popen(
+                [str(BIN / "prefect"), "worker", "start", "--pool", team.SWEEP_POOL, "--limit", "1", "--name", log.stem],
+                cwd=ws, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+    try:
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        team.wait_until("four finished trials", lambda: len(study.get_trials(states=finished)) == 4, 600, logs[0])
+    finally:
+        for proc in workers:
+            os.killpg(proc.pid, 15)
+            proc.wait(60)
+    trials = study.get_trials()
+    assert [(t.number, t.state) for t in trials] == [(k, TrialState.COMPLETE) for k in range(4)]
+    assert len({t.params["train.lr"] for t in trials}) == 4
+    # Each trial once: one MLflow run and one workspace per trial number, four flow runs, both workers busy.
+    trial_runs = sql(stack, "mlflow", "SELECT t.value FROM tags t JOIN tags r ON t.run_uuid = r.run_uuid "
+                     "WHERE t.key = 's2s.sweep.trial' AND r.key = 's2s.sweep' AND r.value = 'team-sweep'")  # fmt: skip
+    assert sorted(int(v) for (v,) in trial_runs) == [0, 1, 2, 3]
+    assert sorted(p.name for p in (ws / ".cache" / "sweeps" / "team-sweep").glob("trial-*")) == [f"trial-00{k}" for k in range(4)]
+    runs = sql(stack, "prefect", "SELECT fr.state_type FROM flow_run fr JOIN deployment d ON fr.deployment_id = d.id "
+                                 "WHERE d.name = 's2s-sweep-trial'")  # fmt: skip
+    assert sorted(runs) == [("COMPLETED",)] * 4
+    for log in logs:
+        assert "Submitting flow run" in log.read_text(errors="replace"), log.read_text(errors="replace")[-2000:]
+    assert "team-sweep" in {key for (key,) in sql(stack, "optuna", "SELECT study_name FROM studies")}
 
 
 def test_object_store_unreachable_at_push_fails_clearly_and_keeps_local_state(deployed: dict[str, Any]) -> None:
