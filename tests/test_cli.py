@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,19 +73,22 @@ def test_stack_env_without_a_stack_says_how_to_start_one(tmp_path: Path, capsys:
     assert "no stack in" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
-def test_sweep_with_a_bad_space_file_names_the_key_and_creates_no_study(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _s2s(*args: str) -> subprocess.CompletedProcess[str]:
+    """`s2s sweep` in its own process: it imports Prefect, whose logging setup outlives pytest's captured streams."""
+    return subprocess.run([str(Path(sys.executable).parent / "s2s"), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_sweep_with_a_bad_space_file_names_the_key_and_creates_no_study(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({}))
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"space": {"train.lrr": {"low": 0.001, "high": 0.01}}}))
-    assert main(["sweep", str(space), "--workspace", str(tmp_path)]) == 1
-    assert f"s2s: {space}: train.lrr: no such param" in capsys.readouterr().err
+    out = _s2s("sweep", str(space), "--workspace", str(tmp_path))
+    assert out.returncode == 1 and f"s2s: {space}: train.lrr: no such param" in out.stderr
     assert not (tmp_path / "sweeps.db").exists()  # refused before any study or MLflow run exists
 
 
-def test_sweep_best_of_an_unknown_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_best_of_an_unknown_study(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({}))
     storage = f"sqlite:///{tmp_path / 'other.db'}"
-    assert main(["sweep", str(tmp_path / "nope.yaml"), "--workspace", str(tmp_path), "--storage", storage, "--best"]) == 1
-    assert "no study 'nope' in sqlite:///" in capsys.readouterr().err
+    out = _s2s("sweep", str(tmp_path / "nope.yaml"), "--workspace", str(tmp_path), "--storage", storage, "--best")
+    assert out.returncode == 1 and "no study 'nope' in sqlite:///" in out.stderr
