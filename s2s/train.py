@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from s2s import checkpoint, distributed
+from s2s import allocator, checkpoint, distributed
 from s2s.batching import Batch, ParallelData, bucket_indices
 from s2s.config import EvaluateConfig, ModelConfig, TrainConfig
 from s2s.errors import Interrupted, S2SError
@@ -255,6 +255,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         elif world.enabled and self.device.type == "cpu":  # ranks on one machine share its cores, not oversubscribe them
             torch.set_num_threads(max(1, distributed.cpu_count() // world.local_world_size))
+        allocator.configure(cfg.malloc, self.device)
         self.tok = Tokenizers.load(tokenizer_dir)
         self.train_data, _, self.too_long = encode_split(self.tok, prepared, "train", cfg.max_tokens)
         valid_data, valid_pairs, _ = encode_split(self.tok, prepared, "valid", cfg.max_tokens)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -213,6 +214,12 @@ def test_promote_and_rollback_against_the_server(deployed: dict[str, Any]) -> No
     assert dict(sql(stack, "mlflow", "SELECT alias, version FROM registered_model_aliases"))["champion"] == champion
 
 
+def _sweep_flow_runs(stack: team.Stack) -> list[tuple[str]]:
+    """The states of the flow runs of the sweep-trial deployment, sorted."""
+    return sorted(sql(stack, "prefect", "SELECT fr.state_type FROM flow_run fr JOIN deployment d "
+                                        "ON fr.deployment_id = d.id WHERE d.name = 's2s-sweep-trial'"))  # fmt: skip
+
+
 def test_two_sweep_workers_share_one_study_in_postgres_and_no_trial_runs_twice(deployed: dict[str, Any]) -> None:
     """`s2s sweep --submit` queues four trials in the stack's PostgreSQL and makes one flow run each; two workers on
     the sweep pool run them two at a time, each flow run taking a different queued trial."""
@@ -235,6 +242,8 @@ def test_two_sweep_workers_share_one_study_in_postgres_and_no_trial_runs_twice(d
     try:
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         team.wait_until("four finished trials", lambda: len(study.get_trials(states=finished)) == 4, 600, logs[0])
+        # A flow run reports COMPLETED to Prefect a moment after its trial is told to Optuna.
+        team.wait_until("four finished flow runs", lambda: _sweep_flow_runs(stack) == [("COMPLETED",)] * 4, 60, logs[0])
     finally:
         for proc in workers:
             os.killpg(proc.pid, 15)
@@ -247,11 +256,10 @@ def test_two_sweep_workers_share_one_study_in_postgres_and_no_trial_runs_twice(d
                      "WHERE t.key = 's2s.sweep.trial' AND r.key = 's2s.sweep' AND r.value = 'team-sweep'")  # fmt: skip
     assert sorted(int(v) for (v,) in trial_runs) == [0, 1, 2, 3]
     assert sorted(p.name for p in (ws / ".cache" / "sweeps" / "team-sweep").glob("trial-*")) == [f"trial-00{k}" for k in range(4)]
-    runs = sql(stack, "prefect", "SELECT fr.state_type FROM flow_run fr JOIN deployment d ON fr.deployment_id = d.id "
-                                 "WHERE d.name = 's2s-sweep-trial'")  # fmt: skip
-    assert sorted(runs) == [("COMPLETED",)] * 4
-    for log in logs:
-        assert "Submitting flow run" in log.read_text(errors="replace"), log.read_text(errors="replace")[-2000:]
+    assert _sweep_flow_runs(stack) == [("COMPLETED",)] * 4
+    # Both workers ran trials, and the trials each ran are disjoint: four in all.
+    ran = [re.findall(r"trial (\d+) complete: valid", log.read_text(errors="replace")) for log in logs]
+    assert all(ran) and sorted(int(n) for n in ran[0] + ran[1]) == [0, 1, 2, 3], ran
     assert "team-sweep" in {key for (key,) in sql(stack, "optuna", "SELECT study_name FROM studies")}
 
 
