@@ -1,4 +1,4 @@
-"""Training speed on this machine: what torch.compile, Adam's kernels, threads and batch size give.
+"""Training speed on this machine: what torch.compile, Adam's kernels, threads, batch size and malloc give.
 
     .venv/bin/python benchmarks/train_speed.py --workspace WS               # every variant of the table
     .venv/bin/python benchmarks/train_speed.py --workspace WS --only compile  # variants whose name contains "compile"
@@ -39,9 +39,10 @@ from s2s.layout import PARAMS_FILE, PREPARED_DIR, TOKENIZER_DIR  # noqa: E402
 from s2s.train import Trainer  # noqa: E402
 
 # name -> (train-section overrides of the recipe, environment of its process); the first is the reference.
-# Every variant runs with glibc's malloc as it comes (train.malloc: system) unless it names another setting.
-# The environment variant is the alternative to train.malloc keep that was measured: no mmap at all.
-NO_MMAP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**34), "MALLOC_TOP_PAD_": str(2**28)}
+# Every variant starts from PyTorch's defaults, Adam's per-tensor loop and glibc's malloc as it comes
+# (train.adam_kernel: auto, train.malloc: system), whatever the recipe sets, unless it names another setting.
+# The environment variant is the first allocator setting tried: glibc's largest mmap threshold, no trimming.
+MMAP_32MB = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**34), "MALLOC_TOP_PAD_": str(2**28)}
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     "recipe (adam loop, 2 threads, eager)": ({}, {}),
     "adam foreach": ({"adam_kernel": "foreach"}, {}),
@@ -52,15 +53,18 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     "batch_tokens 4000": ({"batch_tokens": 4000}, {}),
     "batch_tokens 4000 + adam fused": ({"batch_tokens": 4000, "adam_kernel": "fused"}, {}),
     "batch_tokens 6000 + adam fused": ({"batch_tokens": 6000, "adam_kernel": "fused"}, {}),
-    "adam fused + malloc keep": ({"adam_kernel": "fused", "malloc": "keep"}, {}),
-    "adam fused + malloc never mmaps (env)": ({"adam_kernel": "fused"}, NO_MMAP),
+    "adam fused + malloc keep (the recipe)": ({"adam_kernel": "fused", "malloc": "keep"}, {}),
+    "adam fused + mmap threshold 32 MB, no trim (env)": ({"adam_kernel": "fused"}, MMAP_32MB),
 }
 
 
 def measure(workspace: Path, recipe: str, train: dict[str, Any], warmup: int, steps: int) -> dict[str, Any]:
     """Time `steps` updates of the recipe with `train` overrides (after `warmup` untimed ones), in this process."""
     raw = deep_merge(parse_params({}).model_dump(mode="json"), presets.find(recipe).values)
-    raw = deep_merge(raw, {"train": {"malloc": "system", **train, "device": "cpu", "max_minutes": 0, "checkpoint_every": 0}})
+    raw = deep_merge(
+        raw,
+        {"train": {"adam_kernel": "auto", "malloc": "system", **train, "device": "cpu", "max_minutes": 0, "checkpoint_every": 0}},
+    )
     params = parse_params(raw)
     trainer = Trainer(params.train, params.model, params.evaluate, workspace / PREPARED_DIR, workspace / TOKENIZER_DIR)
     batches = trainer.epoch_batches(1)

@@ -3,13 +3,15 @@
 PyTorch's CPU tensors come from the C library's malloc. glibc serves every
 block above its mmap threshold (128 KB, adapting up to 32 MB) with a fresh
 `mmap` and hands it back to the kernel on free, so each training step faults
-its activations and gradients in again page by page: on the 2-core recipe
-the kernel took 10% of the training process's CPU time and ~84,000 minor page
-faults per update (BENCHMARKS.md "Training speed"). `keep` raises the mmap
-threshold to glibc's ceiling and stops it trimming the heap, so freed memory
-is reused by the next step instead; the process keeps its peak memory for
-life. A CUDA run allocates through PyTorch's caching allocator, so `auto`
-leaves malloc alone there.
+its activations, gradients and logits in again page by page: on the 2-core
+recipe the kernel took 10% of the training process's CPU time and 67,000-84,000
+minor page faults per update (BENCHMARKS.md "Training speed"). `keep` serves
+every block from the heap (no mmap) and stops glibc trimming it, so freed
+memory is reused by the next step instead; the process keeps its peak memory
+for life. Raising the mmap threshold alone is not enough: it cannot pass
+32 MB, and the logits of a 2,000-token batch over a 6,500-piece vocabulary
+are 52 MB. A CUDA run allocates through PyTorch's caching allocator, so
+`auto` leaves malloc alone there.
 """
 
 from __future__ import annotations
@@ -21,15 +23,14 @@ from typing import Literal
 
 import torch
 
+from s2s.config import MallocMode
+
 log = logging.getLogger(__name__)
 
-MallocMode = Literal["auto", "keep", "system"]
-
 # mallopt(3) parameters, from glibc's malloc.h.
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-# The mmap threshold cannot exceed 32 MB on 64-bit glibc; blocks above it (the logits of a big batch) stay mmapped.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 KEEP: tuple[tuple[int, int], ...] = (
-    (M_MMAP_THRESHOLD, 32 * 2**20),
+    (M_MMAP_MAX, 0),  # no block mmapped, however big: all from the heap, reused
     (M_TRIM_THRESHOLD, 2**31 - 1),  # the largest an int holds: in effect, never give the heap's top back
     (M_TOP_PAD, 2**28),  # grow the heap 256 MB at a time rather than one brk per step
 )

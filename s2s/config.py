@@ -201,6 +201,9 @@ class DistributedConfig(_Section):
         return self
 
 
+MallocMode = Literal["auto", "keep", "system"]  # train.malloc: see s2s.allocator
+
+
 class TrainConfig(_Section):
     seed: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -211,7 +214,7 @@ class TrainConfig(_Section):
     lr_schedule: Literal["constant", "inverse_sqrt", "cosine"] = "constant"
     adam_betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
     adam_kernel: Literal["auto", "loop", "foreach", "fused"] = "auto"  # PyTorch's Adam implementation; auto: its own pick
-    malloc: Literal["auto", "keep", "system"] = "auto"  # s2s.allocator; auto: keep on CPU, system on CUDA
+    malloc: MallocMode = "auto"  # s2s.allocator; auto: keep on CPU, system on CUDA
     clip: float = Field(default=1.0, gt=0.0)
     teacher_forcing: float = Field(default=1.0, ge=0.0, le=1.0)
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
