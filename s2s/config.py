@@ -350,13 +350,17 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         raise ConfigError(format_validation_error(err, Params, source)) from None
 
 
+def read_yaml(path: Path, what: str, error: type[S2SError] = ConfigError) -> Any:
+    """The YAML document in `path`; a missing file or bad YAML is `error`, naming the file as `what`."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {err}") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; every problem is reported with its key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, str(path))
+    return parse_params(read_yaml(path, "params file"), str(path))

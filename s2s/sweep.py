@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import Field, ValidationError, model_validator
 
-from s2s.config import ConfigError, Params, _Section, format_validation_error, parse_params
+from s2s.config import ConfigError, Params, _Section, format_validation_error, parse_params, read_yaml
 from s2s.errors import S2SError
 from s2s.metrics import METRICS, MetricName
 
@@ -158,13 +157,7 @@ def parse_spec(raw: Any, source: str) -> SweepSpec:
 
 
 def load_spec(path: Path) -> SweepSpec:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SweepError(f"{path}: search-space file not found") from None
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML: {err}") from None
-    return parse_spec(raw, str(path))
+    return parse_spec(read_yaml(path, "search-space file", SweepError), str(path))
 
 
 # ------------------------------------------------------------------------------ params of a trial
