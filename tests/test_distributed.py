@@ -88,7 +88,10 @@ def test_two_processes_make_the_update_of_one_on_the_same_global_batches(prepare
     # Gradient accumulation: one process, the global batch in three micro-batches, the same update again.
     write_params(root / "accumulate.yaml", deep_merge(PARAMS, {"train": {"accumulate": 3}}))
     subprocess.run([sys.executable, *worker(root, "steps", "acc", "accumulate.yaml")], check=True, env=env())
-    assert max_difference(state(root / "acc/rank0.pt"), one) < 1e-4
+    # Looser than the two processes' bound: micro-batches pad to other lengths, so the float sums run in another
+    # order, and 20 Adam steps enlarge that rounding (1.2e-4 on an Intel Xeon, under 1e-4 on AMD EPYC), still a
+    # twentieth of the 1e-2 the updates must move the weights (asserted above).
+    assert max_difference(state(root / "acc/rank0.pt"), one) < 5e-4
 
 
 def test_two_machines_meet_at_the_rendezvous_endpoint(prepared: Path) -> None:
