@@ -198,7 +198,7 @@ def http(ws: Path, scratch: Path, clients: int, seconds: float) -> dict[str, Any
     lock = read_lock(ws)
     inputs = RunInputs(workspace=ws, registry=registry, trained_with=lock.params)
     pytorch = register(inputs, lineage_key(lock.outs, inputs.decoding), {"benchmark": "serving"}, "serving benchmark")
-    int8 = export_version(MlflowClient(uri, uri), registry.model_name, pytorch.version, "int8", scratch / "export")
+    int8 = export_version(MlflowClient(uri, uri), registry.name, pytorch.version, "int8", scratch / "export")
     sources, _ = test_set(ws)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env = {**env, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}
@@ -206,7 +206,7 @@ def http(ws: Path, scratch: Path, clients: int, seconds: float) -> dict[str, Any
     for engine, version in (("pytorch", pytorch.version), ("int8", int8.version)):
         port = free_port()
         log = (scratch / f"serve-{engine}.log").open("wb")
-        cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{registry.model_name}/{version}",
+        cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{registry.name}/{version}",
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
         server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:

@@ -91,9 +91,9 @@ def main() -> None:
             report = json.loads(response.read())[0]["id"]
         shoot(f"http://127.0.0.1:4200/runs/flow-run/{run_id}", out / "prefect-run.png")
         shoot(f"http://127.0.0.1:4200/artifacts/artifact/{report}", out / "prefect-report.png")
-        shoot("http://127.0.0.1:5000/#/models/s2s-translator/versions/2", out / "mlflow-model-version.png")
+        shoot("http://127.0.0.1:5000/#/models/s2s-builtin-en-de/versions/2", out / "mlflow-model-version.png")
         with urllib.request.urlopen(
-            "http://127.0.0.1:5000/api/2.0/mlflow/registered-models/get-latest-versions?name=s2s-translator"
+            "http://127.0.0.1:5000/api/2.0/mlflow/registered-models/get-latest-versions?name=s2s-builtin-en-de"
         ) as r:
             run = json.loads(r.read())["model_versions"][-1]["run_id"]
         with urllib.request.urlopen("http://127.0.0.1:5000/api/2.0/mlflow/experiments/get-by-name?experiment_name=s2s") as r:

@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-from s2s.layout import EVAL_METRICS, MODEL_DIR, MODEL_FILE, PARAMS_FILE, TOKENIZER_DIR
+from s2s.layout import EVAL_METRICS, INGEST_STATS, MODEL_DIR, MODEL_FILE, PARAMS_FILE, TOKENIZER_DIR, TRAIN_SUMMARY
 
 # `--params` used to log one file while the DVC stages trained on params.yaml; it is refused rather than kept half true.
 PARAMS_GONE = (
@@ -54,44 +55,52 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signum, request_stop)
     state = pipeline(workspace=str(workspace), force=args.force, return_state=True)
     if Stop.signum:
-        where = Stop.notice or "before training started; run again to continue"
-        print(f"\ns2s: {signal.Signals(Stop.signum).name}: {where}", file=sys.stderr)
+        where = Stop.notice or f"stopped during {Stop.running or 'the run'}, its outputs back as before; run again to continue"
+        how = " with `s2s run`" + (" (params.yaml holds the preset's values now: give no --preset)" if args.preset else "")
+        print(f"\ns2s: {signal.Signals(Stop.signum).name}: {where}{how}", file=sys.stderr)
         return 128 + Stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         told = str(error) if isinstance(error, EXPECTED) else state.message  # an expected failure's message says it all
         print(f"\ns2s: run failed (exit code 1): {told}", file=sys.stderr)
         return 1
-    result = state.result()
-    reg, metrics = result["registered"], result["metrics"]
+    print("\n" + "\n".join(_summary(state.result(), workspace)))
+    return 0
+
+
+def _summary(result: dict[str, Any], workspace: Path) -> list[str]:
+    """The lines `s2s run` ends with: what ran, on how much data, how training went, the scores, the registry."""
+    from s2s import summary
+
+    reg, gate, training = result["registered"], result["gate"], result["training"]
     uri = reg["tracking_uri"].replace(f"sqlite:///{workspace}/", "sqlite:///")  # as params.yaml says it: relative
     status = "new version" if reg["created"] else "unchanged, not registered again"
-    stages = ", ".join(f"{name} {'ran' if ran else 'skipped'}" for name, ran in result["stages_ran"].items())
-    print(
-        "\n".join(
-            [
-                "",
-                "s2s pipeline finished",
-                f"  stages      : {stages}",
-                f"  test BLEU   : {metrics['bleu']}  chrF {metrics['chrf']}"
-                f"  (copying the source: BLEU {metrics['copy_source_bleu']})  -> {EVAL_METRICS}",
-                f"  MLflow run  : {reg['run_id']}  (mlflow ui --backend-store-uri {uri})",
-                f"  model       : models:/{reg['name']}/{reg['version']}  ({status})",
-                f"  gate        : {result['gate']['decision']}: {result['gate'].get('reason', '')}",
-            ]
-        )
-    )
-    return 0
+    rows = [
+        ("stages", ", ".join(f"{name} {'ran' if did else 'skipped'}" for name, did in result["stages_ran"].items())),
+        ("data", summary.data_line(result["ingest"], training)),
+        ("training", summary.training_line(training)),
+        *summary.test_lines(result["metrics"]),
+        ("metrics", f"{EVAL_METRICS}, {TRAIN_SUMMARY}, {INGEST_STATS}"),
+        ("MLflow run", f"{reg['run_id']}  (mlflow ui --backend-store-uri {uri})"),
+        ("model", f"models:/{reg['name']}/{reg['version']}  ({status})"),
+        ("gate", f"{gate['decision']}: {gate.get('reason', '')}"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return ["s2s pipeline finished", *(f"  {label:<{width}} : {text}" for label, text in rows)]
 
 
 def _presets(args: argparse.Namespace) -> int:
     from flows import presets
 
     found = presets.available()
-    width = max(len(p.name) for p in found)
+    width = max(len(p.name) for p in found) + 2
+    start = {name: machine for machine, name in presets.START_WITH.items()}
     for preset in found:
         sections = ", ".join(preset.values)
-        print(f"{preset.name:<{width}}  {preset.summary}  [{sections}]")
+        print(f"{preset.name + (' *' if preset.name in start else ''):<{width}}  {preset.summary}  [{sections}]")
+    picks = "; ".join(f"{name} on {machine}" for name, machine in start.items())
+    print(f"\n* new here? start with {picks}: the best measured there. The recurrent recipes are the papers' own models "
+          "(lower scores). A dataset (multi30k) combines with a recipe: --preset multi30k --preset transformer-cpu.")  # fmt: skip
     return 0
 
 
@@ -193,13 +202,14 @@ def _translate(args: argparse.Namespace) -> int:
 def _registry(args: argparse.Namespace) -> tuple[object, str]:
     from s2s.config import load_params
     from s2s.registry import connect
+    from s2s.task import resolve_registry
 
     workspace = Path(args.workspace).resolve()
-    registry = load_params(workspace / args.params).registry
+    registry = resolve_registry(load_params(workspace / args.params))
     if args.tracking_uri:
         registry = registry.model_copy(update={"tracking_uri": args.tracking_uri})
     client, _ = connect(registry, workspace)
-    return client, registry.model_name
+    return client, registry.name
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -221,8 +231,7 @@ def _restore(args: argparse.Namespace) -> int:
     workspace = Path(args.workspace).resolve()
     client, name = _registry(args)
     version = download_lineage(client, name, args.version, workspace)  # type: ignore[arg-type]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    pull = subprocess.run([sys.executable, "-m", "dvc", "pull", "--force"], cwd=workspace, env=env)
+    pull = subprocess.run([sys.executable, "-m", "dvc", "pull", "--force"], cwd=workspace, env=_tools_env())
     if pull.returncode != 0:
         print(f"s2s restore: `dvc pull` failed (exit {pull.returncode}); is the DVC remote reachable? `dvc remote list`",
               file=sys.stderr)  # fmt: skip
@@ -234,6 +243,34 @@ def _restore(args: argparse.Namespace) -> int:
         "`git checkout dvc.lock params.yaml metrics && dvc checkout` goes back."
     )
     return 0
+
+
+def _tools_env(**extra: str) -> dict[str, str]:
+    """This environment with the interpreter's own folder first on PATH: the tools a command starts (dvc, uvicorn)
+    are then this environment's, whether or not it was activated."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+def _model_uri(model: str, args: argparse.Namespace) -> str:
+    """models:/... and other URIs as given; a bare version or alias (`champion`, `3`) is one of params.yaml's model."""
+    if ":/" in model:
+        return model
+    _, name = _registry(args)
+    return f"models:/{name}/{model}" if model.isdigit() else f"models:/{name}@{model}"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """`mlflow models serve` on a registered model, in this environment (no activation needed), on 127.0.0.1."""
+    from s2s.config import RegistryConfig
+    from s2s.registry import tracking_uri
+
+    workspace = Path(args.workspace).resolve()
+    uri = _model_uri(args.model, args)
+    store = tracking_uri(RegistryConfig(tracking_uri=args.tracking_uri), workspace)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", args.host,
+               "-p", str(args.port), "-w", str(args.workers)]  # fmt: skip
+    print(f"s2s serve: {uri} from {store} on http://{args.host}:{args.port}/invocations (Ctrl-C stops it)", flush=True)
+    os.execve(sys.executable, command, _tools_env(MLFLOW_TRACKING_URI=store))  # its signals and exit code are the server's
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -259,7 +296,7 @@ def _stack(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """A registered Transformer converted to CTranslate2 and registered as a new version of the same model."""
-    from s2s.registry import export_version
+    from s2s.registry import export_alias, export_version, get_alias
 
     client, name = _registry(args)
     ref = args.model
@@ -272,8 +309,12 @@ def _export(args: argparse.Namespace) -> int:
     staging = Path(args.workspace).resolve() / ".cache" / "export"
     exported = export_version(client, name, ref, args.quantization, staging)  # type: ignore[arg-type]
     state = "registered as" if exported.created else "was exported before:"
-    print(f"s2s: {args.model} ({args.quantization}) {state} {name} v{exported.version}; "
-          f"serve it with `mlflow models serve -m models:/{name}/{exported.version}`")  # fmt: skip
+    alias = export_alias(args.quantization)
+    aliased = get_alias(client, name, alias)  # type: ignore[arg-type]
+    served = f"@{alias}" if aliased is not None and str(aliased.version) == exported.version else f"/{exported.version}"
+    named = f", alias {alias}" if served.startswith("@") else ""
+    print(f"s2s: {args.model} ({args.quantization}) {state} {name} v{exported.version}{named}; "
+          f"serve it with `s2s serve models:/{name}{served}`")  # fmt: skip
     return 0
 
 
@@ -368,22 +409,27 @@ def main(argv: list[str] | None = None) -> int:
     ps = sub.add_parser("presets", help="list the presets: tested recipes and datasets for `s2s run --preset NAME`")
     ps.set_defaults(func=_presets)
 
+    from s2s.config import EvaluateConfig
+
+    local = EvaluateConfig()  # what a model folder decodes with; a registered model decodes as it was registered
     tr = sub.add_parser("translate", help="translate text with a registered model or a local checkpoint")
-    tr.add_argument("text", nargs="*", help="sentences to translate")
-    tr.add_argument("--model", default=MODEL_DIR, help="models:/NAME/VERSION, models:/NAME@ALIAS, or a model folder")
-    tr.add_argument("--tokenizer", default=TOKENIZER_DIR, help="tokenizer folder (with a model folder)")
+    tr.add_argument("text", nargs="*", help="sentences to translate (or --input)")
+    tr.add_argument("--model", default=MODEL_DIR, help="models:/NAME/VERSION, models:/NAME@ALIAS, or a model folder "
+                    f"(default: {MODEL_DIR})")  # fmt: skip
+    tr.add_argument("--tokenizer", default=TOKENIZER_DIR, help=f"tokenizer folder for a model folder (default: {TOKENIZER_DIR})")
     tr.add_argument(
         "--tracking-uri", help="MLflow registry URI for models:/ URIs (default: $MLFLOW_TRACKING_URI, else the local store)"
     )
-    tr.add_argument("--input", help="file with one sentence per line")
-    tr.add_argument("--output", help="write translations here instead of stdout")
-    # Unset options keep a registered model's own settings (how it was evaluated); a local folder uses the defaults.
-    tr.add_argument("--beam", type=int, help="beam size (1 = greedy; default: as registered, or 1)")
-    tr.add_argument("--length-penalty", type=float, help="GNMT length-penalty alpha for beam search (default: as registered)")
-    tr.add_argument("--max-len-a", type=float, help="output limit = a * source length + b subwords (default: as registered)")
-    tr.add_argument("--max-len-b", type=int, help="the b of that limit (default: as registered)")
-    tr.add_argument("--n-best", type=int, default=1, help="hypotheses per sentence, one line each: number, rank, text")
-    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--input", help="file with one sentence per line (default: the text arguments)")
+    tr.add_argument("--output", help="write translations here (default: standard output)")
+    registered = "default: as the registered model was evaluated; a model folder"
+    tr.add_argument("--beam", type=int, help=f"beam size, 1 = greedy ({registered}: {local.beam_size})")
+    tr.add_argument("--length-penalty", type=float, help=f"GNMT length-penalty alpha ({registered}: {local.length_penalty})")
+    tr.add_argument("--max-len-a", type=float, help=f"output limit = a * source subwords + b ({registered}: {local.max_len_a})")
+    tr.add_argument("--max-len-b", type=int, help=f"the b of that limit ({registered}: {local.max_len_b})")
+    tr.add_argument("--n-best", type=int, default=1, help="hypotheses per sentence, one line each: number, rank, text "
+                    "(default: 1)")  # fmt: skip
+    tr.add_argument("--batch-size", type=int, default=64, help="sentences decoded together (default: 64)")
     tr.set_defaults(func=_translate)
 
     for name, func, text in (
@@ -410,6 +456,16 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: registry.tracking_uri of the params)")
         cmd.set_defaults(func=func)
 
+    sv = sub.add_parser("serve", help="serve a registered model over HTTP (mlflow models serve, in this environment)")
+    sv.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION, or an alias or version of params.yaml's model")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=5001, help="port to listen on (default: 5001)")
+    sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model (default: 1)")
+    sv.add_argument("--workspace", default=".", help="folder with params.yaml, for its registry settings (default: .)")
+    sv.add_argument("--params", default=PARAMS_FILE, help=f"params file inside the workspace (default: {PARAMS_FILE})")
+    sv.add_argument("--tracking-uri", help="MLflow registry URI (default: $MLFLOW_TRACKING_URI, else the workspace's store)")
+    sv.set_defaults(func=_serve)
+
     sw = sub.add_parser("sweep", help="hyperparameter search (Optuna): trials run the real stages, selected on validation")
     sw.add_argument("space", help="search-space file (sweeps/NAME.yaml): the swept params, fixed ones, trials, pruner")
     sw.add_argument("--workspace", default=".", help="checkout whose params.yaml is the base of every trial (default: .)")
@@ -434,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     # No usage telemetry: these machines often have no way out, and a failed send only adds noise.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary local API's first start in a new environment compiles and migrates its database: more than
+    # Prefect's 20 s on 2 cores (seen on a fresh clone's first `make run`), so allow longer.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call is noise
     from s2s.errors import S2SError

@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from s2s import layout
+from s2s import layout, summary
 from s2s.config import Params, PromoteConfig, Quantization, RegistryConfig, load_params
 from s2s.errors import S2SError
 from s2s.metrics import METRICS
@@ -51,6 +51,7 @@ from s2s.registry import (
     score_tag,
     tracking_uri,
 )
+from s2s.task import resolve_registry
 
 T = TypeVar("T")
 
@@ -74,6 +75,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+STOP_NOTICE = "s2s_stop_notice"  # a log record's attribute: the forwarded stage line that says where it stopped
 EXPECTED = (StageFailed, WorkspaceBusy, RegistryUnavailable, S2SError)  # failures whose message is the whole story
 
 
@@ -86,7 +88,7 @@ class OneMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, EXPECTED):
+        if isinstance(error, EXPECTED) or getattr(record, STOP_NOTICE, False):
             return False
         message = record.getMessage()
         return not message.startswith("Finished in state Failed(")  # the command states the failure itself
@@ -143,6 +145,7 @@ class Stop:
 
     signum: ClassVar[int] = 0
     notice: ClassVar[str] = ""  # the stage's line saying where it stopped: "stopped at epoch 2, step 40; run again ..."
+    running: ClassVar[str] = ""  # what was running when the stop came (a stage, dvc push), for a stop without a notice
     children: ClassVar[set[subprocess.Popen[str]]] = set()
 
 
@@ -168,6 +171,7 @@ def run_logged(args: list[str], cwd: Path, what: str, poll: Callable[[], bool] |
     logger.info("$ %s", " ".join(args))
     if Stop.signum:
         raise StageFailed(f"{what} not started: stopping on signal {Stop.signum}")
+    Stop.running = what
     lines: list[str] = []
     with subprocess.Popen(
         args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -186,10 +190,12 @@ def run_logged(args: list[str], cwd: Path, what: str, poll: Callable[[], bool] |
                 lines.append(line)
                 # DVC's advice to `git add`/`dvc push` (the flow pushes; committing is the user's call) is not shown.
                 hint = line.startswith(DVC_HINTS) or (hint and (not line or line.startswith("\t")))
-                if line and not hint and not line.startswith(DVC_STAGE_ERROR):
-                    logger.info("%s | %s", what, line)
-                if "run again to resume" in line:
+                stop_notice = "run again to resume" in line
+                if stop_notice:
                     Stop.notice = line.split(": ", 1)[-1]
+                if line and not hint and not line.startswith(DVC_STAGE_ERROR):
+                    # `s2s run` states a stop once, itself, on its last line: its console skips the stage's (OneMessage).
+                    logger.info("%s | %s", what, line, extra={STOP_NOTICE: stop_notice})
 
         try:
             follow()
@@ -433,9 +439,10 @@ def promotion_gate(workspace: Path, registry: RegistryConfig, promote: PromoteCo
 
     bound = promote.min_score if METRICS[metric].higher_is_better else promote.max_score
     floor = Floor(metric, copy_source=float(evaluated[f"copy_source_{metric}"]), bound=bound)
-    decision = run_gate(client, registered.name, registered.version, metric, promote.margin, scorer, floor)
-    logger.info("gate: %s", decision.reason)
-    return {"decision": "promoted" if decision.promote else "rejected", **asdict(decision)}
+    task = RunInputs(workspace=workspace, registry=registry, trained_with=read_lock(workspace).params).task
+    decision = run_gate(client, registered.name, registered.version, metric, promote.margin, scorer, floor, task)
+    (logger.warning if decision.refused else logger.info)("gate: %s", decision.reason)
+    return {"decision": decision.verdict, **asdict(decision)}
 
 
 @task(name="export-champion", retries=1, retry_delay_seconds=5)
@@ -447,10 +454,9 @@ def export_champion(workspace: Path, registry: RegistryConfig, quantization: Qua
                        quantization, arch)  # fmt: skip
         return {"exported": None, "reason": f"model.arch {arch}: CTranslate2 runs Transformers only"}
     client, _ = connect(registry, workspace)
-    champion = client.get_model_version_by_alias(registry.model_name, CHAMPION)
-    exported = export_version(client, registry.model_name, str(champion.version), quantization, workspace / ".cache" / "export")
-    alias = export_alias(quantization)
-    client.set_registered_model_alias(registry.model_name, alias, exported.version)
+    champion = client.get_model_version_by_alias(registry.name, CHAMPION)
+    exported = export_version(client, registry.name, str(champion.version), quantization, workspace / ".cache" / "export")
+    alias = export_alias(quantization)  # export_version pointed it at the champion's export
     logger.info("champion v%s exported to CTranslate2 (%s): v%s, alias %s", champion.version, quantization,
                 exported.version, alias)  # fmt: skip
     return {"exported": exported.version, "alias": alias, "quantization": quantization}
@@ -464,8 +470,17 @@ def _export_line(export: dict[str, Any] | None) -> str:
     return f"CTranslate2 export ({export['quantization']}): v{export['exported']}, alias `{export['alias']}`\n\n"
 
 
-def _report(metrics: dict[str, Any], registered: Registered, gate: dict[str, Any], ran: dict[str, bool], ui: str) -> str:
+def _report(
+    metrics: dict[str, Any],
+    registered: Registered,
+    gate: dict[str, Any],
+    ran: dict[str, bool],
+    ui: str,
+    training: dict[str, Any],
+    ingest: dict[str, Any],
+) -> str:
     rows = "\n".join(f"| {stage} | {'ran' if did else 'skipped (unchanged)'} |" for stage, did in ran.items())
+    also = "".join(f"| {label} | {text} |\n" for label, text in summary.test_lines(metrics)[1:])  # evaluate.also
     run_link = f"{ui}/#/experiments/{registered.experiment_id}/runs/{registered.run_id}"
     version_link = f"{ui}/#/models/{registered.name}/versions/{registered.version}"
     champion = gate.get("champion")
@@ -479,8 +494,9 @@ def _report(metrics: dict[str, Any], registered: Registered, gate: dict[str, Any
         f"| metric | value |\n|---|---|\n"
         f"| BLEU | {metrics['bleu']} |\n| chrF | {metrics['chrf']} |\n| TER (lower is better) | {metrics['ter']} |\n"
         f"| ROUGE-1 / ROUGE-2 / ROUGE-L (F) | {metrics['rouge1']} / {metrics['rouge2']} / {metrics['rougeL']} |\n"
-        f"| copy-the-source BLEU | {metrics['copy_source_bleu']} |\n\n"
+        f"| copy-the-source BLEU | {metrics['copy_source_bleu']} |\n{also}\n"
         f"`{metrics['bleu_signature']}`\n\n"
+        f"Training: {summary.training_line(training)}\n\nData: {summary.data_line(ingest, training)}\n\n"
         f"Model **[{registered.name} v{registered.version}]({version_link})** "
         f"({'new' if registered.created else 'unchanged, already registered'}); "
         f"MLflow run [{registered.run_id}]({run_link}) in `{registered.tracking_uri}`.\n\n"
@@ -503,6 +519,7 @@ def pipeline(workspace: str = ".", force: bool = False) -> dict[str, Any]:
     """
     root = Path(workspace).resolve()
     params: Params = load_params(root / layout.PARAMS_FILE)  # fail before any work on a bad params file
+    registry = resolve_registry(params)
     with workspace_lock(root):
         track_raw_data(root)
         ran = {stage: dvc_stage(root, stage, force) for stage in layout.STAGE_NAMES}
@@ -510,18 +527,21 @@ def pipeline(workspace: str = ".", force: bool = False) -> dict[str, Any]:
         # and a registry that is down leaves the trained model safe there too.
         if params.remote.push:
             dvc_push(root)
-        registered = register_model(root, params.registry)
-        gate = promotion_gate(root, params.registry, params.promote, registered)
+        registered = register_model(root, registry)
+        gate = promotion_gate(root, registry, params.promote, registered)
         if params.promote.export and gate["decision"] == "promoted":
-            gate["export"] = export_champion(root, params.registry, params.promote.export, params.model.arch)
+            gate["export"] = export_champion(root, registry, params.promote.export, params.model.arch)
     metrics = json.loads((root / layout.EVAL_METRICS).read_text())
+    training = json.loads((root / layout.TRAIN_SUMMARY).read_text())
+    ingest = json.loads((root / layout.INGEST_STATS).read_text())
     ui = registered.tracking_uri if is_server(registered.tracking_uri) else params.registry.ui_url  # a server is its own UI
     create_markdown_artifact(
-        _report(metrics, registered, gate, ran, ui),
+        _report(metrics, registered, gate, ran, ui, training, ingest),
         key="s2s-run-report",
         description="s2s pipeline run report",
     )
     create_table_artifact(
         _samples(root), key="s2s-sample-translations", description="first test sentences: source, reference, hypothesis"
     )
-    return {"stages_ran": ran, "registered": asdict(registered), "gate": gate, "metrics": metrics}
+    return {"stages_ran": ran, "registered": asdict(registered), "gate": gate, "metrics": metrics, "training": training,
+            "ingest": ingest}  # fmt: skip

@@ -20,6 +20,8 @@ from s2s.config import ConfigError, parse_params
 from s2s.errors import S2SError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# The recipe a newcomer should take on each kind of machine: the best measured there (BENCHMARKS.md).
+START_WITH = {"a CPU": "transformer-cpu", "a GPU": "transformer-gpu"}
 
 
 class PresetError(S2SError, ValueError):

@@ -23,6 +23,10 @@ class ConfigError(S2SError, ValueError):
     """A params file that cannot be used; the message names the file and key."""
 
 
+# Language codes and dataset names: they become part of MLflow model names (s2s-multi30k-en-de).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -86,8 +90,10 @@ class CleanConfig(_Section):
 
 
 class IngestConfig(_Section):
-    src_lang: str = "en"
-    tgt_lang: str = "de"
+    src_lang: str = Field(default="en", pattern=NAME_PATTERN)
+    tgt_lang: str = Field(default="de", pattern=NAME_PATTERN)
+    # The data's name: with the languages, the task a registered model holds (s2s.task), and part of its default name.
+    dataset: str | None = Field(default=None, pattern=NAME_PATTERN)
     corpus: Literal["builtin", "files"] = "builtin"
     builtin: BuiltinSource = BuiltinSource()
     files: FilesSource | None = None
@@ -245,10 +251,27 @@ class EvaluateConfig(_Section):
     max_len_b: int = Field(default=10, ge=0)
     length_penalty: float = Field(default=1.0, ge=0.0)
     attention_maps: int = Field(default=4, ge=0)
+    # Other decodings to score too (`greedy`, `beam5`, ...), beside the one above, which the model is registered and
+    # served with and which the gate uses; each differs in beam size only.
+    also: tuple[Annotated[str, Field(pattern=r"^(greedy|beam([2-9]|[1-9][0-9]+))$")], ...] = ()
 
     def for_validation(self) -> EvaluateConfig:
         """Greedy decoding with this config's VALIDATION_KEYS, everything else at its default."""
         return EvaluateConfig(**{key: getattr(self, key) for key in self.VALIDATION_KEYS})
+
+    @property
+    def decoding_name(self) -> str:
+        """This config's decoding as `also` names one: greedy, beam5, ..."""
+        return "greedy" if self.beam_size == 1 else f"beam{self.beam_size}"
+
+    def also_decodings(self) -> dict[str, EvaluateConfig]:
+        """name -> config for each of `also` other than this config's own decoding, in the order given."""
+        beams = {name: 1 if name == "greedy" else int(name[len("beam") :]) for name in self.also}
+        return {
+            name: self.model_copy(update={"beam_size": beam, "also": ()})
+            for name, beam in beams.items()
+            if name != self.decoding_name
+        }
 
 
 # -------------------------------------------------- orchestration (not a DVC stage)
@@ -258,12 +281,19 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 class RegistryConfig(_Section):
-    model_name: str = Field(default="s2s-translator", min_length=1)
+    model_name: str | None = Field(default=None, min_length=1)  # None: the task's default name (s2s.task)
     # None: MLflow's own MLFLOW_TRACKING_URI if set (a team's server), else DEFAULT_TRACKING_URI in the workspace.
     tracking_uri: str | None = None
     artifact_root: str = "mlartifacts"
     experiment: str = "s2s"
     ui_url: str = "http://127.0.0.1:5000"
+
+    @property
+    def name(self) -> str:
+        """The registered model's name; the flow and the CLI fill a None in from the data (s2s.task.resolve_registry)."""
+        if not self.model_name:
+            raise ConfigError("registry.model_name is not resolved: use s2s.task.resolve_registry(params)")
+        return self.model_name
 
 
 # CTranslate2 weight types `s2s export` writes; the float16/bfloat16 ones compute in that type on CUDA only.

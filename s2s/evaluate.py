@@ -51,6 +51,18 @@ def draw_attention(cfg: EvaluateConfig, translator: Translator, sources: list[st
     ]
 
 
+def decode_and_score(cfg: EvaluateConfig, translator: Translator, sources: list[str], references: list[str]) -> dict[str, Any]:
+    """Every metric of one more decoding of the test set (`evaluate.also`), with its speed."""
+    start = time.perf_counter()
+    hypotheses = translator.translate(sources, cfg)
+    seconds = time.perf_counter() - start
+    scores = {name: value for name, value in score(hypotheses, references).items() if name in METRIC_NAMES}
+    log.info("%s: test %s  %d sentences %.1f s", cfg.decoding_name,
+             "  ".join(f"{name} {value:.2f}" for name, value in scores.items()), len(sources), seconds)  # fmt: skip
+    return {**scores, "beam_size": cfg.beam_size, "decode_seconds": round(seconds, 2),
+            "sentences_per_second": round(len(sources) / seconds, 1)}  # fmt: skip
+
+
 def run(
     cfg: EvaluateConfig,
     translator: Translator,
@@ -64,7 +76,7 @@ def run(
     start = time.perf_counter()
     hypotheses = translator.translate(sources, cfg)
     seconds = time.perf_counter() - start
-    metrics = score(hypotheses, references)
+    metrics: dict[str, Any] = {"decoding": cfg.decoding_name, **score(hypotheses, references)}
     # The trivial baseline a model must beat, in every metric the gate may use: output the source unchanged.
     copied = score(sources, references)
     metrics.update({f"copy_source_{name}": copied[name] for name in METRIC_NAMES})
@@ -76,6 +88,8 @@ def run(
         sentences_per_second=round(len(sources) / seconds, 1),
         device=str(translator.device),
     )
+    metrics["also"] = {name: decode_and_score(other, translator, sources, references) for name, other in
+                       cfg.also_decodings().items()}  # fmt: skip
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     hyps_path.parent.mkdir(parents=True, exist_ok=True)

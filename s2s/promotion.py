@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from s2s.metrics import metric
+from s2s.task import Task
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,11 @@ class Decision:
     challenger: float
     champion: float | None  # None when there is no champion yet
     champion_version: str | None
+    refused: bool = False  # not compared at all: the champion holds another task
+
+    @property
+    def verdict(self) -> str:
+        return "promoted" if self.promote else "refused" if self.refused else "rejected"
 
 
 @dataclass(frozen=True)
@@ -78,3 +84,29 @@ def decide(
         f"{gain:+.2f} does not exceed margin {margin:.2f}"
     )
     return Decision(False, reason, name, challenger, champion, champion_version)
+
+
+def task_conflict(model: str, challenger: Task, champion: Task | None, champion_version: str) -> str | None:
+    """Why a challenger of task `challenger` must not be compared with the champion of `model`; None when it may.
+
+    A registered model holds one task: scores of models of two tasks on one test set say nothing about either.
+    """
+    own = (f"name this data's model with registry.model_name, or leave it null for the name derived from the data "
+           f"({challenger.model_name()})")  # fmt: skip
+    if champion is None:
+        return (
+            f"champion v{champion_version} of {model} records no task (registered before s2s recorded one), so it cannot "
+            f"be told to hold this one ({challenger.describe()}): `s2s promote VERSION` crowns a version by hand if it "
+            f"does; else {own}"
+        )
+    differs = challenger.differences(champion)
+    if not differs:
+        return None
+    return (
+        f"{model} holds another task than this model: champion v{champion_version} is {champion.describe()}, this one "
+        f"{challenger.describe()} ({'; '.join(differs)}); the gate compares models of one task only: {own}"
+    )
+
+
+def refuse(name: str, reason: str, champion_version: str) -> Decision:
+    return Decision(False, reason, name, float("nan"), None, champion_version, refused=True)

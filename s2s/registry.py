@@ -28,9 +28,10 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from s2s import layout
-from s2s.config import DEFAULT_TRACKING_URI, QUANTIZATIONS, EvaluateConfig, RegistryConfig
-from s2s.promotion import Decision, Floor, decide
+from s2s.config import DEFAULT_TRACKING_URI, QUANTIZATIONS, EvaluateConfig, IngestConfig, RegistryConfig
+from s2s.promotion import Decision, Floor, decide, refuse, task_conflict
 from s2s.serving import DECODING_OPTIONS, RequestBatcher, RequestError, ServeLimits, decoding_with
+from s2s.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,11 @@ class RunInputs:
         """How the evaluate stage decoded; the registered model decodes the same way."""
         return EvaluateConfig.model_validate(self.trained_with.get("evaluate", {}))
 
+    @property
+    def task(self) -> Task:
+        """The task the model was trained for, from the params the ingest stage ran with."""
+        return Task.of(IngestConfig.model_validate(self.trained_with.get("ingest", {})))
+
 
 @dataclass(frozen=True)
 class Registered:
@@ -222,6 +228,8 @@ def log_run(inputs: RunInputs, tags: dict[str, str]) -> None:
     summary = json.loads(inputs.file(layout.TRAIN_SUMMARY).read_text())
     metrics = json.loads(inputs.file(layout.EVAL_METRICS).read_text())
     numeric = {**{f"train/{k}": v for k, v in summary.items()}, **{f"test/{k}": v for k, v in metrics.items()}}
+    for decoding, scores in metrics.get("also", {}).items():  # evaluate.also: test/greedy/bleu, ...
+        numeric.update({f"test/{decoding}/{k}": v for k, v in scores.items()})
     mlflow.log_metrics({k: float(v) for k, v in numeric.items() if isinstance(v, int | float) and not isinstance(v, bool)})
     mlflow.set_tags({f"test.{k}": v for k, v in metrics.items() if k.endswith("_signature")})
     for path in (layout.EVAL_METRICS, layout.HYPOTHESES, layout.TRAIN_CURVE, layout.TRAIN_SUMMARY, layout.INGEST_STATS):
@@ -235,26 +243,26 @@ def log_run(inputs: RunInputs, tags: dict[str, str]) -> None:
 
 def register(inputs: RunInputs, key: str, tags: dict[str, str], description: str) -> Registered:
     """Log one run and register its model, unless this lineage key is registered already."""
-    cfg = inputs.registry
+    cfg, name = inputs.registry, inputs.registry.name
     client, uri = connect(cfg, inputs.workspace)
-    existing = find_version(client, cfg.model_name, key)
+    existing = find_version(client, name, key)
     if existing is not None:
-        log.info("model %s version %s already has lineage %s: nothing to register", cfg.model_name, existing.version, key)
+        log.info("model %s version %s already has lineage %s: nothing to register", name, existing.version, key)
         experiment = client.get_run(existing.run_id).info.experiment_id if existing.run_id else ""
-        return Registered(cfg.model_name, str(existing.version), existing.run_id or "", False, uri, experiment)
+        return Registered(name, str(existing.version), existing.run_id or "", False, uri, experiment)
 
     staging = inputs.workspace / ".cache" / "register"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    version_tags = {**tags, LINEAGE_TAG: key, ENGINE_TAG: PYTORCH}
+    version_tags = {**tags, **inputs.task.tags(), LINEAGE_TAG: key, ENGINE_TAG: PYTORCH}
     with mlflow.start_run(run_name=f"s2s-{key[:8]}") as run:
         log_run(inputs, version_tags)
         artifacts = {"model": inputs.file(layout.MODEL_DIR) / layout.MODEL_FILE, "tokenizer": inputs.file(layout.TOKENIZER_DIR)}
         info = _log_model(artifacts, inputs.decoding, staging)
-        version = _create_version(client, cfg.model_name, info, run.info.run_id, version_tags, description)
+        version = _create_version(client, name, info, run.info.run_id, version_tags, description)
     shutil.rmtree(staging, ignore_errors=True)
-    log.info("registered %s version %s (run %s)", cfg.model_name, version.version, run.info.run_id)
-    return Registered(cfg.model_name, str(version.version), run.info.run_id, True, uri, run.info.experiment_id)
+    log.info("registered %s version %s (run %s)", name, version.version, run.info.run_id)
+    return Registered(name, str(version.version), run.info.run_id, True, uri, run.info.experiment_id)
 
 
 def _log_model(
@@ -317,6 +325,7 @@ def export_version(client: MlflowClient, name: str, ref: str, quantization: str,
     existing = find_export(client, name, str(source.version), engine)
     if existing is not None:
         log.info("%s v%s was exported to %s before: v%s", name, source.version, engine, existing.version)
+        _alias_champions_export(client, name, str(source.version), quantization, str(existing.version))
         experiment = client.get_run(existing.run_id).info.experiment_id if existing.run_id else ""
         return Registered(name, str(existing.version), existing.run_id or "", False, uri, experiment)
 
@@ -346,6 +355,7 @@ def export_version(client: MlflowClient, name: str, ref: str, quantization: str,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported %s v%s to %s: v%s", name, source.version, engine, version.version)
+    _alias_champions_export(client, name, str(source.version), quantization, str(version.version))
     return Registered(name, str(version.version), run.info.run_id, True, uri, run.info.experiment_id)
 
 
@@ -425,6 +435,13 @@ def _follow_exports(client: MlflowClient, name: str, champion: str) -> None:
             log.info("alias %s dropped: v%s has no such export (`s2s export`)", alias, champion)
 
 
+def _alias_champions_export(client: MlflowClient, name: str, source: str, quantization: str, export: str) -> None:
+    """An export of the champion gets the alias champion-<quantization>, which then follows `champion`."""
+    champion = get_alias(client, name, CHAMPION)
+    if champion is not None and str(champion.version) == source:
+        client.set_registered_model_alias(name, export_alias(quantization), export)
+
+
 def _crown(client: MlflowClient, name: str, version: str, previous: ModelVersion | None) -> None:
     """Make `version` the champion, remembering the one it replaces for rollback."""
     if previous is not None and str(previous.version) != str(version):
@@ -441,29 +458,39 @@ def run_gate(
     margin: float,
     scorer: Callable[[str], float],
     floor: Floor | None = None,
+    task: Task | None = None,
 ) -> Decision:
     """Challenger vs champion on the same test set; move `champion` only on a clear win above the floor.
 
-    Tags go on the challenger first and the alias moves last, so a gate that
-    fails half-way leaves the champion as it was.
+    With the challenger's `task`, a champion of another task (or of none recorded) is not compared at all: the
+    decision is a refusal saying what differs. Tags go on the challenger first and the alias moves last, so a
+    gate that fails half-way leaves the champion as it was.
     """
     client.set_registered_model_alias(name, CHALLENGER, version)
     current = get_alias(client, name, CHAMPION)
     if current is not None and str(current.version) == str(version):
         return Decision(False, f"v{version} is already the champion", metric, float("nan"), None, str(version))
-    challenger_score = scorer(version)
-    below_floor = floor is not None and not floor.passes(challenger_score)  # then no need to decode the champion
-    champion_score = scorer(str(current.version)) if current is not None and not below_floor else None
-    decision = decide(metric, challenger_score, champion_score, str(current.version) if current else None, margin, floor)
+    conflict = None
+    if task is not None and current is not None:
+        conflict = task_conflict(name, task, Task.from_tags(current.tags), str(current.version))
+    challenger_score: float | None = None
+    champion_score: float | None = None
+    if conflict is not None and current is not None:
+        decision = refuse(metric, conflict, str(current.version))
+    else:
+        challenger_score = scorer(version)
+        below_floor = floor is not None and not floor.passes(challenger_score)  # then no need to decode the champion
+        champion_score = scorer(str(current.version)) if current is not None and not below_floor else None
+        decision = decide(metric, challenger_score, champion_score, str(current.version) if current else None, margin, floor)
     _set_tags(
         client,
         name,
         version,
         {
-            DECISION_TAG: "promoted" if decision.promote else "rejected",
+            DECISION_TAG: decision.verdict,
             REASON_TAG: decision.reason,
             "s2s.gate.metric": metric,
-            "s2s.gate.challenger_score": f"{challenger_score:.2f}",
+            "s2s.gate.challenger_score": "" if challenger_score is None else f"{challenger_score:.2f}",
             "s2s.gate.champion_score": "" if champion_score is None else f"{champion_score:.2f}",
             "s2s.gate.champion_version": decision.champion_version or "",
             "s2s.gate.floor": "" if floor is None else f"{floor.value:.2f}",
@@ -471,7 +498,7 @@ def run_gate(
     )
     if decision.promote:
         _crown(client, name, version, current)
-    log.info("gate: v%s %s: %s", version, "promoted" if decision.promote else "rejected", decision.reason)
+    log.log(logging.WARNING if decision.refused else logging.INFO, "gate: v%s %s: %s", version, decision.verdict, decision.reason)
     return decision
 
 

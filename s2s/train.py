@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -293,6 +294,7 @@ class Trainer:
         forward_model = self.ddp or self.model
         self.forward_model = torch.compile(forward_model, dynamic=True) if cfg.compile else forward_model
         self.recent: list[dict[str, torch.Tensor]] = []  # last epochs' weights, for averaging
+        self.average: dict[str, Any] | None = None  # the averaged weights' epochs, valid score and whether they were kept
         self.resume_path = self.best_path = None
         if resume_dir is not None:
             key = resume_key(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir)
@@ -565,21 +567,31 @@ class Trainer:
         self.model.load_state_dict({k: v.to(self.recent[-1][k].dtype) for k, v in averaged.items()})
         bleu, value = self.valid_scores()
         p, name = self.progress, self.cfg.select_metric
-        log.info("average of the last %d epochs: valid %s %.2f (best epoch %.2f)", len(self.recent), name, value, p.best_score)
-        if p.best_score is None or self.direction.better(value, p.best_score):
+        kept = p.best_score is None or self.direction.better(value, p.best_score)
+        epochs = [r.epoch for r in p.history[-len(self.recent) :]]
+        self.average = {"epochs": epochs, "valid_score": value, "kept": kept}
+        log.info("average of epochs %d-%d: valid %s %.2f, best epoch %.2f: %s kept", epochs[0], epochs[-1], name, value,
+                 p.best_score, "the average is" if kept else "the best epoch's weights are")  # fmt: skip
+        if kept:
             p.best_score, p.best_bleu = value, bleu
             self.save_checkpoint(out_dir, {"averaged_epochs": len(self.recent), "valid_bleu": bleu, "valid_score": value})
 
     def finish(self, summary_path: Path) -> dict[str, object]:
         history, processes = self.progress.history, self.world.world_size
         best = self.direction.best(r.valid_score for r in history)
+        best_epoch = max(r.epoch for r in history if r.valid_score == best)  # the latest of tied epochs
         tokens_per_second = mean_tokens_per_second(history)
+        average = self.average
+        kept = f"average of epochs {average['epochs'][0]}-{average['epochs'][-1]}" if average and average["kept"] else \
+            f"epoch {best_epoch}"  # fmt: skip
         summary: dict[str, object] = {
             "epochs": len(history),
             "select_metric": self.cfg.select_metric,
             "best_valid_score": self.progress.best_score,  # of the kept checkpoint
             "best_valid_bleu": self.progress.best_bleu,
-            "best_epoch": max(r.epoch for r in history if r.valid_score == best),  # the latest of tied epochs
+            "best_epoch": best_epoch,  # the best single epoch
+            "kept": kept,  # whose weights artifacts/model holds
+            "average_valid_score": average["valid_score"] if average else None,  # train.average_last's, kept or not
             "updates": self.progress.updates,
             "resumed_at_update": self.resumed_at_update,  # 0: trained in one go
             "train_pairs": len(self.train_data),

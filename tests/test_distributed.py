@@ -224,7 +224,7 @@ def test_killed_launcher_resumes_on_two_processes_and_registers_one_run(tmp_path
     script = (
         "import json, mlflow.pyfunc\n"
         f"mlflow.set_registry_uri({uri!r})\n"
-        "print(json.dumps(list(mlflow.pyfunc.load_model('models:/s2s-translator/1').predict(" + repr(SENTENCES) + "))))\n"
+        "print(json.dumps(list(mlflow.pyfunc.load_model('models:/s2s-builtin-en-de/1').predict(" + repr(SENTENCES) + "))))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
     registered = json.loads(out.stdout.strip().splitlines()[-1])

@@ -76,11 +76,11 @@ def test_scheduled_deployment_runs_and_an_unchanged_second_run_does_nothing(sche
     # The first run trained; the second found every DVC stage unchanged and registered nothing.
     assert log.count("Running stage 'train'") == 1
     assert log.count("Stage 'train' didn't change, skipping") == 1
-    assert "already registered s2s-translator version 1" in log
+    assert "already registered s2s-builtin-en-de version 1" in log
     uri = f"sqlite:///{scheduled['ws'] / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
-    assert [str(v.version) for v in client.search_model_versions("name = 's2s-translator'")] == ["1"]
-    assert str(client.get_model_version_by_alias("s2s-translator", "champion").version) == "1"
+    assert [str(v.version) for v in client.search_model_versions("name = 's2s-builtin-en-de'")] == ["1"]
+    assert str(client.get_model_version_by_alias("s2s-builtin-en-de", "champion").version) == "1"
 
 
 def test_mlflow_models_serve_answers_invocations(scheduled: dict[str, Any]) -> None:
@@ -88,7 +88,7 @@ def test_mlflow_models_serve_answers_invocations(scheduled: dict[str, Any]) -> N
     port = free_port()
     db = f"sqlite:///{ws / 'mlflow.db'}"
     env = clean_env(MLFLOW_TRACKING_URI=db, MLFLOW_REGISTRY_URI=db)
-    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/s2s-translator@champion", "--env-manager", "local",
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/s2s-builtin-en-de@champion", "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     server = start(cmd, env, tmp / "serve.log", tmp)
     try:
@@ -106,7 +106,7 @@ def test_mlflow_models_serve_answers_invocations(scheduled: dict[str, Any]) -> N
     script = (
         "import json, mlflow.pyfunc\n"
         f"mlflow.set_registry_uri('sqlite:///{ws / 'mlflow.db'}')\n"
-        f"print(json.dumps(list(mlflow.pyfunc.load_model('models:/s2s-translator@champion').predict({sources!r}))))\n"
+        f"print(json.dumps(list(mlflow.pyfunc.load_model('models:/s2s-builtin-en-de@champion').predict({sources!r}))))\n"
     )
     local = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp)
     assert served == json.loads(local.stdout.strip().splitlines()[-1])

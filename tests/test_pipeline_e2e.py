@@ -27,7 +27,7 @@ def _versions(workspace: Path) -> list[dict[str, str]]:
     client = MlflowClient(uri, uri)
     return [
         {"version": str(v.version), "run_id": v.run_id, **v.tags}
-        for v in sorted(client.search_model_versions("name = 's2s-translator'"), key=lambda v: int(v.version))
+        for v in sorted(client.search_model_versions("name = 's2s-builtin-en-de'"), key=lambda v: int(v.version))
     ]
 
 
@@ -172,7 +172,7 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     script = (
         "import json, sys, mlflow.pyfunc\n"
         f"mlflow.set_registry_uri('sqlite:///{ws / 'mlflow.db'}')\n"
-        "model = mlflow.pyfunc.load_model('models:/s2s-translator/2')\n"
+        "model = mlflow.pyfunc.load_model('models:/s2s-builtin-en-de/2')\n"
         "print(json.dumps(list(model.predict(['We saw a big dog yesterday.', 'They sold the old book.']))))\n"
         "print(json.dumps(model.unwrap_python_model().attention(['We saw a big dog yesterday.'])))\n"
     )
@@ -208,9 +208,9 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     assert output.read_text().splitlines() == translations
     # ...and so does the registered model through any models:/ URI, here the version by alias.
     champion = "1" if third["gate"]["decision"] == "rejected" else "2"
-    assert main(["translate", "--model", f"models:/s2s-translator/{champion}", "--tracking-uri", f"sqlite:///{ws / 'mlflow.db'}",
+    assert main(["translate", "--model", f"models:/s2s-builtin-en-de/{champion}", "--tracking-uri", f"sqlite:///{ws / 'mlflow.db'}",
                  "--input", str(tmp_path / "in.txt"), "--output", str(output)]) == 0  # fmt: skip
-    assert main(["translate", "--model", "models:/s2s-translator@champion", "--tracking-uri", f"sqlite:///{ws / 'mlflow.db'}",
+    assert main(["translate", "--model", "models:/s2s-builtin-en-de@champion", "--tracking-uri", f"sqlite:///{ws / 'mlflow.db'}",
                  "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "alias.txt")]) == 0  # fmt: skip
     assert (tmp_path / "alias.txt").read_text() == output.read_text()
 
@@ -330,18 +330,63 @@ def test_junk_first_model_is_never_champion_and_a_better_one_is(tmp_path: Path, 
     )
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
-    assert get_alias(client, "s2s-translator", CHAMPION) is None
+    assert get_alias(client, "s2s-builtin-en-de", CHAMPION) is None
 
     params = yaml.safe_load((ws / "params.yaml").read_text())
     trained = {"train": {"max_minutes": 0, "epochs": 3, "lr": TINY_PARAMS["train"]["lr"]}}
     (ws / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, trained)))
     second = pipeline(workspace=str(ws))
     assert second["gate"]["decision"] == "promoted", second["gate"]["reason"]
-    assert str(get_alias(client, "s2s-translator", CHAMPION).version) == "2"
+    assert str(get_alias(client, "s2s-builtin-en-de", CHAMPION).version) == "2"
     # The gate took the challenger's score from the evaluate stage (same model, decoding, test set) and cached it.
     pairs = layout.read_prepared(ws / layout.PREPARED_DIR, "test")
     tag = score_tag([s for s, _ in pairs], [t for _, t in pairs], "bleu")
-    assert float(client.get_model_version("s2s-translator", "2").tags[tag]) == second["metrics"]["bleu"]
+    assert float(client.get_model_version("s2s-builtin-en-de", "2").tags[tag]) == second["metrics"]["bleu"]
+
+
+def test_a_model_of_other_languages_is_refused_under_the_same_name_and_is_v1_of_its_own_under_the_default_name(
+    tmp_path: Path, prefect_home: None
+) -> None:
+    from mlflow import MlflowClient
+
+    from flows.pipeline import pipeline
+    from s2s.corpus import generate_pairs
+    from s2s.registry import CHAMPION, get_alias
+
+    ws = make_workspace(tmp_path / "ws", deep_merge(TINY_PARAMS, {"remote": {"push": False}}))
+    first = pipeline(workspace=str(ws))  # the generated corpus, en->de: s2s-builtin-en-de v1, champion
+    assert first["registered"]["name"] == "s2s-builtin-en-de" and first["gate"]["decision"] == "promoted"
+
+    # Own data in the other direction, German->English, registered under the same name by hand.
+    raw = {"src": f"{layout.RAW_DIR}/train.de", "tgt": f"{layout.RAW_DIR}/train.en"}
+    pairs = generate_pairs(1500, 3)
+    (ws / raw["src"]).write_text("".join(t + "\n" for _, t in pairs))
+    (ws / raw["tgt"]).write_text("".join(s + "\n" for s, _ in pairs))
+    own = {"src_lang": "de", "tgt_lang": "en", "corpus": "files", "files": {"train": raw}}
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    mine = deep_merge(params, {"ingest": own, "registry": {"model_name": "s2s-builtin-en-de"}})
+    (ws / "params.yaml").write_text(yaml.safe_dump(mine, sort_keys=False))
+    second = pipeline(workspace=str(ws))
+    assert second["registered"] == {**second["registered"], "name": "s2s-builtin-en-de", "version": "2", "created": True}
+    assert second["gate"]["decision"] == "refused"
+    assert second["gate"]["reason"] == (
+        "s2s-builtin-en-de holds another task than this model: champion v1 is en->de, data builtin, this one de->en, data "
+        "(own files, unnamed) (ingest.src_lang de vs en; ingest.tgt_lang en vs de; ingest.dataset (none) vs builtin); the "
+        "gate compares models of one task only: name this data's model with registry.model_name, or leave it null for "
+        "the name derived from the data (s2s-de-en)"
+    )
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    assert str(get_alias(client, "s2s-builtin-en-de", CHAMPION).version) == "1"
+    tags = client.get_model_version("s2s-builtin-en-de", "2").tags
+    assert (tags["s2s.task.src_lang"], tags["s2s.task.tgt_lang"], tags["s2s.gate.decision"]) == ("de", "en", "refused")
+
+    mine["registry"]["model_name"] = None  # the default: a name from the data
+    (ws / "params.yaml").write_text(yaml.safe_dump(mine, sort_keys=False))
+    third = pipeline(workspace=str(ws))
+    assert not any(third["stages_ran"].values())  # nothing retrains: the same model, registered under its own name
+    assert (third["registered"]["name"], third["registered"]["version"]) == ("s2s-de-en", "1")
+    assert third["gate"]["decision"] == "promoted" and str(get_alias(client, "s2s-de-en", CHAMPION).version) == "1"
 
 
 def test_promote_export_registers_the_new_transformer_champion_for_ctranslate2(tmp_path: Path, prefect_home: None) -> None:
@@ -362,11 +407,11 @@ def test_promote_export_registers_the_new_transformer_champion_for_ctranslate2(t
     assert (first["s2s.engine"], second["s2s.engine"], second["s2s.exported_from"]) == ("pytorch", "ctranslate2-int8", "1")
     assert second["s2s.lineage"] == first["s2s.lineage"] and second["git.commit"] == first["git.commit"]
     uri = f"sqlite:///{ws / 'mlflow.db'}"
-    aliases = MlflowClient(uri, uri).get_registered_model("s2s-translator").aliases
+    aliases = MlflowClient(uri, uri).get_registered_model("s2s-builtin-en-de").aliases
     assert {k: str(v) for k, v in aliases.items()} == {"challenger": "1", "champion": "1", "champion-int8": "2"}
     mlflow.set_registry_uri(uri)
     sources = [row["source"] for row in _samples(ws, 5)]
-    served = mlflow.pyfunc.load_model("models:/s2s-translator@champion-int8").predict(sources)
+    served = mlflow.pyfunc.load_model("models:/s2s-builtin-en-de@champion-int8").predict(sources)
     assert len(served) == len(sources) and all(isinstance(t, str) for t in served)
 
 
@@ -396,7 +441,7 @@ def test_readme_own_data_example_runs_as_written(tmp_path: Path) -> None:
 
     done = subprocess.run(s2s_command(), cwd=ws, env=s2s_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "s2s pipeline finished" in done.stdout and "models:/s2s-translator/1" in done.stdout
+    assert "s2s pipeline finished" in done.stdout and "models:/s2s-builtin-en-de/1" in done.stdout
     stats = json.loads((ws / layout.INGEST_STATS).read_text())
     assert stats["valid"]["kept"] > 250 and stats["test"]["kept"] == 200  # valid from the TSV, test held out of train
 

@@ -33,7 +33,7 @@ def test_every_preset_is_valid_and_described() -> None:
     assert set(found) == {*recipes, "multi30k"}
     assert all(p.summary and not p.summary.startswith("#") for p in found.values())
     assert all("ingest" not in found[name].values for name in recipes)  # a recipe never replaces the user's data
-    assert set(found["multi30k"].values) == {"ingest", "registry"}
+    assert set(found["multi30k"].values) == {"ingest"}  # its name gives the model its name (s2s.task)
 
 
 def test_a_recipe_over_own_data_keeps_the_data_and_the_comments_and_names_each_change(tmp_path: Path) -> None:
@@ -59,7 +59,9 @@ def test_later_preset_wins_and_a_bad_combination_leaves_params_untouched(tmp_pat
     merged = load_params(params)
     # The dataset's files replaced the user's as a whole; the cpu recipe, last, won every key the gpu one also set.
     assert merged.ingest.files is not None and merged.ingest.files.train.tsv is None
-    assert merged.registry.model_name == "s2s-multi30k-en-de" and merged.train.device == "cpu"
+    # An own registry name stays: the gate refuses a champion of another task under it (s2s.task).
+    assert merged.ingest.dataset == "multi30k" and merged.registry.model_name == "my-translator"
+    assert merged.train.device == "cpu"
     assert (merged.model.transformer.heads, merged.train.amp, merged.train.compile) == (4, "off", False)
 
     params.write_text("model:\n  transformer:\n    d_model: 264       # mine\n    heads: 8\n")
@@ -73,11 +75,15 @@ def test_later_preset_wins_and_a_bad_combination_leaves_params_untouched(tmp_pat
 
 def test_s2s_presets_lists_each_with_its_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["presets"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    listing, advice = capsys.readouterr().out.split("\n\n")
+    lines = listing.splitlines()
     names = [line.split()[0] for line in lines]
     assert names == sorted([*ARCHS, GPU_RECIPE, "multi30k"])
     cpu = lines[names.index("transformer-cpu")]
     assert "22 minutes on 2 CPU cores" in cpu and cpu.endswith("[tokenizer, model, train, evaluate]")
+    # Which one to take is said, and marked: the recipe a newcomer should start with on each kind of machine.
+    assert [line.split()[0] for line in lines if line.split()[1] == "*"] == ["transformer-cpu", "transformer-gpu"]
+    assert advice.startswith("* new here? start with transformer-cpu on a CPU; transformer-gpu on a GPU")
 
 
 def test_benchmark_reads_its_recipes_from_the_presets() -> None:

@@ -159,3 +159,36 @@ def test_cached_score_computes_once_per_version_and_tag(client: MlflowClient) ->
     assert len(calls) == 1 and tags(client, "1")["s2s.test_score.bleu.abc"] == "31.25"
     cached_score(client, NAME, "1", "s2s.test_score.bleu.other-test-set", compute)
     assert len(calls) == 2
+
+
+def test_the_gate_refuses_a_champion_of_another_task_and_says_what_differs_and_how_to_name_the_model(
+    client: MlflowClient,
+) -> None:
+    from s2s.task import Task
+
+    en_de, en_fr = Task("en", "de", "builtin"), Task("en", "fr", "")
+    for version, task in (("1", en_de), ("2", en_fr)):
+        for key, value in task.tags().items():
+            client.set_model_version_tag(NAME, version, key, value)
+    scored: list[str] = []
+
+    def scorer(version: str) -> float:
+        scored.append(version)
+        return {"1": 10.0, "2": 50.0, "3": 60.0, "4": 70.0}[version]
+
+    assert run_gate(client, NAME, "1", "bleu", 0.0, scorer, task=en_de).promote and champion(client) == "1"
+    refused = run_gate(client, NAME, "2", "bleu", 0.0, scorer, task=en_fr)
+    assert not refused.promote and refused.refused and refused.verdict == "refused" and champion(client) == "1"
+    assert refused.reason == (
+        "gate-test holds another task than this model: champion v1 is en->de, data builtin, this one en->fr, data "
+        "(own files, unnamed) (ingest.tgt_lang fr vs de; ingest.dataset (none) vs builtin); the gate compares models "
+        "of one task only: name this data's model with registry.model_name, or leave it null for the name derived from "
+        "the data (s2s-en-fr)"
+    )
+    assert scored == ["1"]  # neither model was decoded for a comparison that means nothing
+    assert tags(client, "2")[DECISION_TAG] == "refused" and tags(client, "2")["s2s.gate.challenger_score"] == ""
+    # The same task is compared as always, and a champion that records no task is never compared either.
+    assert run_gate(client, NAME, "3", "bleu", 0.0, scorer, task=en_de).promote and champion(client) == "3"
+    client.set_registered_model_alias(NAME, CHAMPION, "4")  # v4 has no task tags: registered before s2s kept them
+    legacy = run_gate(client, NAME, "1", "bleu", 0.0, scorer, task=en_de)
+    assert legacy.refused and "champion v4 of gate-test records no task" in legacy.reason and champion(client) == "4"

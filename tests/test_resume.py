@@ -16,7 +16,7 @@ import torch
 import yaml
 from conftest import TINY_PARAMS, deep_merge
 
-from s2s import ingest, tokenizer
+from s2s import checkpoint, ingest, tokenizer
 from s2s.config import parse_params
 from s2s.layout import read_prepared
 from s2s.train import Trainer, TrainingError, budget_warnings, lr_factor, stop_early
@@ -139,6 +139,11 @@ def test_recipe_options_bf16_averaging_and_budget(prepared: tuple[Path, Path, Pa
         root / "avg", root / "avg.csv", root / "avg.json"
     )
     assert summary["epochs"] == 2 and (root / "avg" / "model.pt").is_file()
+    # The summary says whose weights the model holds: the average of both epochs, or the best epoch's, by their scores.
+    averaged = checkpoint.load_model(root / "avg" / "model.pt")[2].get("averaged_epochs") == 2
+    assert summary["kept"] == ("average of epochs 1-2" if averaged else f"epoch {summary['best_epoch']}")
+    assert isinstance(summary["average_valid_score"], float)
+    assert averaged == (summary["best_valid_score"] == summary["average_valid_score"])
     with (root / "avg.csv").open() as handle:
         assert all(math.isfinite(float(r["valid_loss"])) for r in csv.DictReader(handle))  # bf16 stayed finite
     budget = parse_params(deep_merge(PARAMS, {"train": {"max_minutes": 0.0001, "epochs": 5}}))

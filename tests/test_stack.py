@@ -28,7 +28,7 @@ from s2s import layout
 
 pytestmark = [pytest.mark.team, pytest.mark.slow]
 BIN = Path(sys.executable).parent
-NAME = "s2s-translator"
+NAME = "s2s-builtin-en-de"
 
 
 def env_for(stack: team.Stack) -> dict[str, str]:
