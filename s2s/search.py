@@ -156,7 +156,7 @@ def beam_search(
         if bool(done.all()):
             break
         keep = (torch.arange(batch, device=device)[:, None] * k + top_beam.gather(1, rank)).view(-1)  # (B*K,)
-        state = out.state.select(keep)
+        state = out.state.reorder(keep)  # rows move only among each sentence's beams
         tokens = torch.cat([tokens[keep], top_tok.gather(1, rank).view(-1, 1)], dim=1)
         if history is not None:
             history = history[keep]

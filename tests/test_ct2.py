@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,36 @@ def test_recurrent_models_are_refused_with_the_reason(tmp_path: Path) -> None:
         convert(tmp_path / "model.pt", tmp_path / "tok", tmp_path / "out", "int8")
     assert "PyTorch engine" in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_int8_weights_are_stored_in_seven_bits_that_avx2_cannot_saturate(trained: tuple[Path, Path]) -> None:
+    """vpmaddubsw adds two u8 x s8 products in int16: 255 * 127 * 2 overflows it, 255 * 63 * 2 does not."""
+    from ctranslate2.specs.model_spec import Variable, visit_spec
+
+    from s2s.ct2 import SEVEN_BIT, model_spec, seven_bit_weights
+
+    model_path, tok_dir = trained
+    model, _, _ = checkpoint.load_model(model_path, "cpu")
+    spec = model_spec(model, Tokenizers.load(tok_dir))
+    spec.validate()
+    spec.optimize(quantization="int8")
+    full: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def collect(into: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        def visit(layer: object, name: str, value: object) -> None:
+            scale = getattr(layer, f"{name.rsplit('/', 1)[-1]}_scale", None)
+            if isinstance(value, Variable) and value.dtype == "int8" and isinstance(scale, Variable):
+                into[name] = (value.numpy().astype(np.float32), scale.numpy())
+
+        visit_spec(spec, visit)
+
+    collect(full)
+    seven_bit_weights(spec)
+    seven: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    collect(seven)
+    assert full and set(seven) == set(full)
+    assert max(np.abs(w).max() for w, _ in full.values()) == 127
+    assert max(np.abs(w).max() for w, _ in seven.values()) == SEVEN_BIT
+    for name, (w, scale) in seven.items():  # the same weights, to within one 7-bit step of each row
+        before = full[name][0] / full[name][1][:, None]
+        assert np.abs(w / scale[:, None] - before).max() <= 1.01 / scale.min()

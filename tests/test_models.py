@@ -14,6 +14,7 @@ from s2s.batching import ParallelData, pad
 from s2s.config import ModelConfig, RNNConfig, TokenizerConfig, TransformerConfig
 from s2s.corpus import generate_pairs
 from s2s.models import Seq2Seq, build_model
+from s2s.models.base import DecoderState
 from s2s.models.dropout import Dropout, dropout
 from s2s.models.rnn import Bridge, reverse_padded
 from s2s.models.rnn_decoders import DECODERS
@@ -120,6 +121,24 @@ def test_beam_of_one_is_greedy(variant: str) -> None:
     assert [h.tokens for h in g] == [h[0].tokens for h in b]
     for gh, bh in zip(g, b, strict=True):
         assert gh.score == pytest.approx(bh[0].score, abs=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_beam_search_keeps_the_static_state_in_place_and_finds_what_gathering_everything_finds(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make(variant, seed=5, layers=2)
+    src, src_len, _ = batch(SOURCES, TARGETS)
+    state = model.encode(src, src_len)
+    # What depends on the source alone is marked static: every attention key and value of the memory.
+    expected = {"sutskever": 0, "cho": 1, "bahdanau": 1, "luong": 2, "transformer": 2 * 2}
+    assert state.static == expected[variant.split("-")[0]] <= len(state.cache)
+    assert model.decode(torch.full((3, 1), BOS), state).state.static == state.static  # carried by every step
+    beams = beam_search(model, src, src_len, beam=3, max_len_a=2.0, max_len_b=3, n_best=3)
+    monkeypatch.setattr(DecoderState, "reorder", DecoderState.select)  # gather every tensor at every step
+    gathered = beam_search(model, src, src_len, beam=3, max_len_a=2.0, max_len_b=3, n_best=3)
+    assert [[h.tokens for h in hyps] for hyps in beams] == [[h.tokens for h in hyps] for hyps in gathered]
+    assert [[h.score for h in hyps] for hyps in beams] == [[h.score for h in hyps] for hyps in gathered]
 
 
 @pytest.mark.parametrize("variant", ["luong-lstm-general", "transformer-sinusoidal"])

@@ -23,6 +23,7 @@ class DecoderState:
     hidden: tuple[torch.Tensor, ...] = ()  # RNN: (L, B, H) each (h, and c for LSTM); batch on dim 1
     cache: tuple[torch.Tensor, ...] = ()  # what the decoder carries between steps (attention keys, input feed...); batch on dim 0
     step: int = 0  # target tokens consumed so far (the next token's position)
+    static: int = 0  # leading `cache` entries that depend on the source alone (attention keys and values of the memory)
 
     def select(self, index: torch.Tensor) -> DecoderState:
         """Reorder / repeat the batch (beam search)."""
@@ -32,6 +33,22 @@ class DecoderState:
             hidden=tuple(h.index_select(1, index) for h in self.hidden),
             cache=tuple(c.index_select(0, index) for c in self.cache),
             step=self.step,
+            static=self.static,
+        )
+
+    def reorder(self, index: torch.Tensor) -> DecoderState:
+        """`select` for an `index` that only moves rows among one sentence's beams (each step of beam search).
+
+        The memory, its mask and the static cache are the same in every beam of a sentence, so they stay as they
+        are: gathering them again at every step copied the whole source side of the batch per step for nothing.
+        """
+        return DecoderState(
+            memory=self.memory,
+            mask=self.mask,
+            hidden=tuple(h.index_select(1, index) for h in self.hidden),
+            cache=(*self.cache[: self.static], *(c.index_select(0, index) for c in self.cache[self.static :])),
+            step=self.step,
+            static=self.static,
         )
 
     def __repr__(self) -> str:  # tensors are too long to print

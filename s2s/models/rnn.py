@@ -93,7 +93,7 @@ class RNNSeq2Seq(Seq2Seq):
             memory = reverse_padded(memory, src_len)  # back in source order: attention weights index real positions
         mask = torch.arange(src.size(1), device=src.device)[None, :] < src_len[:, None].to(src.device)  # (B, S)
         cache = self.decoder.start(memory, mask, summary=final[0][-1])  # summary: the top layer's final h (B, D*H)
-        return DecoderState(memory=memory, mask=mask, hidden=self.bridge(final), cache=cache)
+        return DecoderState(memory=memory, mask=mask, hidden=self.bridge(final), cache=cache, static=self.decoder.static)
 
     def decode(self, tgt_in: torch.Tensor, state: DecoderState) -> DecoderOutput:
         return self.decoder(tgt_in, state)

@@ -123,6 +123,9 @@ class RNNDecoder(nn.Module):
         self.embed = nn.Embedding(vocab, cfg.emb_dim, padding_idx=PAD)
         self.dropout = Dropout(cfg.dropout)
 
+    # How many of `start`'s entries depend on the source alone and never change (DecoderState.static).
+    static: int = 0
+
     def start(self, memory: torch.Tensor, mask: torch.Tensor, summary: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What the decoder carries besides the RNN state, from the encoder's outputs (B, S, K) and summary (B, K)."""
         return ()
@@ -137,7 +140,7 @@ class RNNDecoder(nn.Module):
     @staticmethod
     def _state(state: DecoderState, hidden: object, cache: tuple[torch.Tensor, ...], steps: int) -> DecoderState:
         hidden = hidden if isinstance(hidden, tuple) else (hidden,)
-        return DecoderState(memory=state.memory, mask=state.mask, hidden=hidden, cache=cache, step=state.step + steps)
+        return DecoderState(state.memory, state.mask, hidden, cache, state.step + steps, state.static)
 
 
 class SutskeverDecoder(RNNDecoder):
@@ -156,6 +159,8 @@ class SutskeverDecoder(RNNDecoder):
 
 class ChoDecoder(RNNDecoder):
     """One context vector, c = tanh(V h_N), fed to every step and to the output layer."""
+
+    static = 1  # c
 
     def __init__(self, vocab: int, encoder_size: int, cfg: RNNConfig) -> None:
         super().__init__(vocab, cfg)
@@ -176,6 +181,8 @@ class ChoDecoder(RNNDecoder):
 
 class BahdanauDecoder(RNNDecoder):
     """The previous state attends (additive score); the context joins the step's input and the output layer."""
+
+    static = 1  # U h_j
 
     def __init__(self, vocab: int, encoder_size: int, cfg: RNNConfig) -> None:
         super().__init__(vocab, cfg)
@@ -204,6 +211,8 @@ class BahdanauDecoder(RNNDecoder):
 
 class LuongDecoder(RNNDecoder):
     """The step comes first; its state attends; h~_t = tanh(W_c [c_t; s_t]) predicts and, with input feeding, is fed back."""
+
+    static = 2  # the values and their prepared keys; h~ is fed back
 
     def __init__(self, vocab: int, encoder_size: int, cfg: RNNConfig) -> None:
         super().__init__(vocab, cfg)

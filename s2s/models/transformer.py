@@ -188,7 +188,7 @@ class TransformerSeq2Seq(Seq2Seq):
         memory = self.enc_norm(x)
         # Cross-attention keys/values depend only on the source: compute them once.
         cross = tuple(t for layer in self.decoder for t in layer.cross_attn.keys_values(memory))
-        return DecoderState(memory=memory, mask=mask, cache=cross, step=0)
+        return DecoderState(memory=memory, mask=mask, cache=cross, step=0, static=len(cross))
 
     def decode(self, tgt_in: torch.Tensor, state: DecoderState) -> DecoderOutput:
         n = len(self.decoder)
@@ -202,5 +202,6 @@ class TransformerSeq2Seq(Seq2Seq):
             new_past.extend(kv)
             weights = w if w is not None else weights
         logits = self.out(self.dec_norm(x))  # (B, T, V)
-        new_state = DecoderState(state.memory, state.mask, cache=(*cross, *new_past), step=state.step + tgt_in.size(1))
+        new_state = DecoderState(state.memory, state.mask, cache=(*cross, *new_past), step=state.step + tgt_in.size(1),
+                                 static=state.static)  # fmt: skip
         return DecoderOutput(logits, new_state, weights)
