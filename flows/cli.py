@@ -47,8 +47,9 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"s2s: {PARAMS_FILE} already has every value of preset {names}")
 
-    from flows.pipeline import EXPECTED, Stop, pipeline, quiet_console, request_stop  # Prefect only when a flow runs
+    from flows.pipeline import EXPECTED, Stop, detach_local_api, pipeline, quiet_console, request_stop  # Prefect only now
 
+    detach_local_api()
     if not args.verbose:
         quiet_console()
     for signum in (signal.SIGINT, signal.SIGTERM):  # a clean stop: the stage saves its state, its outputs go back
@@ -85,7 +86,7 @@ def _summary(result: dict[str, Any], workspace: Path) -> list[str]:
         ("model", f"models:/{reg['name']}/{reg['version']}  ({status})"),
         ("gate", f"{gate['decision']}: {gate.get('reason', '')}"),
     ]
-    width = max(len(label) for label, _ in rows)
+    width = max(11, *(len(label) for label, _ in rows))  # the same columns run after run
     return ["s2s pipeline finished", *(f"  {label:<{width}} : {text}" for label, text in rows)]
 
 
@@ -347,8 +348,9 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"s2s: {waiting} flow run(s) of {deployment} submitted for study {name}; the pool's workers run them")
         return 0
 
-    from flows.pipeline import Stop, quiet_console, request_stop
+    from flows.pipeline import Stop, detach_local_api, quiet_console, request_stop
 
+    detach_local_api()
     if not args.verbose:
         quiet_console()
     for signum in (signal.SIGINT, signal.SIGTERM):  # the running trial stops cleanly and is queued again

@@ -94,6 +94,26 @@ class OneMessage(logging.Filter):
         return not message.startswith("Finished in state Failed(")  # the command states the failure itself
 
 
+def detach_local_api() -> None:
+    """Start Prefect's temporary local API (a uvicorn subprocess, when no PREFECT_API_URL is set) in a session of its own.
+
+    A terminal's Ctrl-C signals its whole foreground process group: the API stopped with it while the flow was still
+    putting the stopped stage's outputs back and reporting its state, and `s2s run` hung without it (seen through a
+    real Ctrl-C, `tests/test_readme.py`). `s2s run` handles the signal itself; the API stops when the run ends.
+    """
+    from prefect.server.api import server
+
+    class DetachedSubprocess:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(subprocess, name)
+
+        @staticmethod
+        def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+            return subprocess.Popen(*args, **{**kwargs, "start_new_session": True})
+
+    server.subprocess = DetachedSubprocess()  # type: ignore[assignment]
+
+
 def quiet_console() -> None:
     """Install OneMessage on the console handlers of Prefect's loggers."""
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # Prefect's console handler is the root's
