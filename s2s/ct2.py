@@ -130,8 +130,8 @@ def model_spec(model: TransformerSeq2Seq, tokenizers: Tokenizers) -> Any:
 # int8 weight types that CPUs compute in. On an x86 CPU without VNNI (AVX2 only: AMD EPYC Zen 3, older Xeons),
 # CTranslate2 multiplies u8 activations by s8 weights with vpmaddubsw, which adds each two products into a
 # saturating int16: 255 * 127 * 2 overflows it. Measured on an AMD EPYC (AVX2, no AVX-512/VNNI), a Transformer
-# that memorised 48 sentences kept 2 of them in int8 with full-range weights and 47 with weights in +-63 (7 bits:
-# 255 * 63 * 2 = 32,130 fits), which is what ONNX Runtime's `reduce_range` does for the same reason. (CTranslate2's
+# that memorised 48 sentences kept 2 of them in int8 with full-range weights and all 48 with these requantized to
+# +-63 (7 bits: 255 * 63 * 2 = 32,130 fits), as ONNX Runtime's `reduce_range` does for the same reason. (CTranslate2's
 # MKL backend, which it uses on Intel CPUs, does not saturate, but runs 2.3x slower on that AMD CPU.)
 CPU_INT8 = ("int8", "int8_float32")
 SEVEN_BIT = 63
