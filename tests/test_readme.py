@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -163,14 +164,18 @@ def test_quick_start_serving_and_own_data_blocks_run_as_written(tmp_path: Path) 
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     lines: list[str] = []
     assert proc.stdout is not None
-    deadline = time.monotonic() + 600
-    for line in proc.stdout:  # until its training has begun: a progress line of epoch 1
-        lines.append(line)
-        if re.search(r"train \| .* epoch 1/100 +step \d+/\d+", line):
-            break
-        assert time.monotonic() < deadline, "".join(lines[-40:])
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
-    rest, _ = proc.communicate(timeout=120)
+    watchdog = threading.Timer(600, os.killpg, (proc.pid, signal.SIGKILL))  # a run that stalls without a line
+    watchdog.start()
+    try:
+        for line in proc.stdout:  # until its training has begun: a progress line of epoch 1
+            lines.append(line)
+            if re.search(r"train \| .* epoch 1/100 +step \d+/\d+", line):
+                break
+        assert proc.poll() is None, "".join(lines[-40:])
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        watchdog.cancel()
     out = "".join(lines) + rest
     assert proc.returncode == 130, out[-3000:]
     assert "value(s) changed" in out and "model.arch: 'rnn' -> 'transformer'" in out
