@@ -23,8 +23,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from flows.workspace import deep_merge, make_workspace, write_params  # noqa: E402
 from s2s.layout import EVAL_METRICS, PARAMS_FILE, TRAIN_SUMMARY  # noqa: E402
+from s2s.workspace import deep_merge, make_workspace, write_params  # noqa: E402
 
 TRANSFORMER = {
     "model": {

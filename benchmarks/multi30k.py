@@ -39,13 +39,15 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from flows.workspace import deep_merge, make_workspace  # noqa: E402
+from s2s import dvc  # noqa: E402
+from s2s.batching import encode_split  # noqa: E402
 from s2s.config import EvaluateConfig  # noqa: E402
 from s2s.layout import MODEL_DIR, MODEL_FILE, PREPARED_DIR, TOKENIZER_DIR, TRAIN_CURVE, TRAIN_SUMMARY, read_prepared  # noqa: E402
 from s2s.scoring import score  # noqa: E402
 from s2s.tokenizer import PAD  # noqa: E402
-from s2s.train import batch_loss, encode_split  # noqa: E402
+from s2s.train import batch_loss  # noqa: E402
 from s2s.translate import Translator  # noqa: E402
+from s2s.workspace import deep_merge, make_workspace  # noqa: E402
 
 # The recipes are the presets users run (`s2s run --preset transformer-cpu`): one copy of each. ARCHS, in the
 # order of the table: the classic family from the context vector alone to the Transformer, each a CPU recipe.
@@ -145,7 +147,7 @@ def table(results: list[dict[str, Any]]) -> str:
         cells = [
             f"`{r['recipe']}`",
             f"{r['model_parameters'] / 1e6:.2f}M",
-            f"{t['train_seconds'] / 60:.1f} min, {t['epochs']} epochs, {t['updates']:,} updates; best epoch {t['best_epoch']}",
+            f"{t['train_seconds'] / 60:.1f} min, {t['epochs']} epochs, {t['updates']:,} updates; kept {t['kept']}",
             f"**{g['metrics']['bleu']}** / **{b['metrics']['bleu']}**",
             f"{b['metrics']['chrf']} / {b['metrics']['ter']} / {b['metrics']['rougeL']}",
             f"{t['tokens_per_second']:,.0f} ({r['train_fraction_of_matmul']:.0%} of {r['matmul_gflops']:.0f} GFLOP/s)",
@@ -173,9 +175,8 @@ def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
     ws = args.out / f"ws-{name}"
     if not ws.exists():
         make_workspace(ws, params)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=env, check=True)
+    subprocess.run(dvc.command("repro"), cwd=ws, env=dvc.env(), check=True)
     pipeline_seconds = time.perf_counter() - start
 
     train = json.loads((ws / TRAIN_SUMMARY).read_text())

@@ -119,7 +119,7 @@ def offline(ws: Path, ct2_dir: Path, repeat: int) -> dict[str, Any]:
 
 def answering(server: subprocess.Popen[bytes], port: int) -> bool:
     """Whether the server answers /ping yet; an error once it has exited."""
-    from flows.stack import answers
+    from ops.stack import answers
 
     if server.poll() is not None:
         raise RuntimeError(f"mlflow models serve exited with {server.returncode}")
@@ -188,8 +188,8 @@ def http(ws: Path, scratch: Path, clients: int, seconds: float) -> dict[str, Any
     """Register (PyTorch) and export (int8) in a scratch registry, serve each version, load-test it."""
     from mlflow import MlflowClient
 
-    from flows.pipeline import read_lock
-    from flows.stack import free_port, wait_until
+    from ops.stack import free_port, wait_until
+    from s2s.dvc import read_lock
     from s2s.registry import RunInputs, export_version, lineage_key, register
 
     scratch.mkdir(parents=True, exist_ok=True)

@@ -32,11 +32,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from multi30k import cpu_name, matmul_gflops, train_flops_per_token  # noqa: E402
 
-from flows import presets  # noqa: E402
-from flows.workspace import deep_merge  # noqa: E402
+from s2s import presets  # noqa: E402
 from s2s.config import parse_params  # noqa: E402
 from s2s.layout import PARAMS_FILE, PREPARED_DIR, TOKENIZER_DIR  # noqa: E402
 from s2s.train import Trainer  # noqa: E402
+from s2s.workspace import deep_merge  # noqa: E402
 
 # name -> (train-section overrides of the recipe, environment of its process); the first is the reference.
 # Every variant starts from PyTorch's defaults, Adam's per-tensor loop and glibc's malloc as it comes

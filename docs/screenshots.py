@@ -25,8 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from flows.workspace import deep_merge, make_workspace, write_params  # noqa: E402
 from s2s.layout import PARAMS_FILE  # noqa: E402
+from s2s.workspace import deep_merge, make_workspace, write_params  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DEMO = {"ingest": {"builtin": {"pairs": 8000}, "holdout": {"valid": 500, "test": 500}}, "train": {"epochs": 2}}

@@ -7,12 +7,22 @@ whatever the sentence lengths, which keeps memory and step time steady.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from s2s.tokenizer import BOS, EOS, PAD
+from s2s.errors import S2SError
+from s2s.layout import read_prepared
+from s2s.tokenizer import BOS, EOS, PAD, Tokenizers
+
+log = logging.getLogger(__name__)
+
+
+class DataError(S2SError, ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -116,3 +126,33 @@ class ParallelData:
     def count_batches(self, batch_tokens: int) -> int:
         """Batches in one epoch (shuffled epochs differ by a batch or two); cheap, no tensors built."""
         return len(bucket_indices(self.lengths(), batch_tokens, shuffle=False))
+
+
+def encode_split(tok: Tokenizers, prepared: Path, split: str, max_tokens: int) -> tuple[ParallelData, list[tuple[str, str]], int]:
+    """Tokenize a split once; pairs longer than `max_tokens` subwords are left out of training, and counted."""
+    pairs = read_prepared(prepared, split)
+    src = tok.encode_src([s for s, _ in pairs])
+    tgt = tok.encode_tgt([t for _, t in pairs])
+    keep = [i for i in range(len(pairs)) if 0 < len(src[i]) <= max_tokens and 0 < len(tgt[i]) <= max_tokens]
+    dropped = len(pairs) - len(keep)
+    return ParallelData([src[i] for i in keep], [tgt[i] for i in keep]), [pairs[i] for i in keep], dropped
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The training and validation splits, tokenized once; `too_long` training pairs were left out."""
+
+    train: ParallelData
+    valid: ParallelData
+    valid_pairs: list[tuple[str, str]]  # the validation sentences kept, as text (for BLEU)
+    too_long: int
+
+    @classmethod
+    def load(cls, tok: Tokenizers, prepared: Path, max_tokens: int) -> TrainingData:
+        train, _, too_long = encode_split(tok, prepared, "train", max_tokens)
+        valid, valid_pairs, _ = encode_split(tok, prepared, "valid", max_tokens)
+        if len(train) == 0:
+            raise DataError(f"no training pairs left: all {too_long} exceed train.max_tokens={max_tokens}")
+        if too_long:
+            log.warning("left out %d training pairs longer than train.max_tokens=%d subwords", too_long, max_tokens)
+        return cls(train, valid, valid_pairs, too_long)

@@ -6,6 +6,9 @@ Files are written atomically (temporary file, then rename) and read with
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import pickle
 import tempfile
@@ -15,9 +18,11 @@ from typing import Any
 
 import torch
 
-from s2s.config import ModelConfig
+from s2s.config import EvaluateConfig, ModelConfig, TrainConfig
 from s2s.errors import S2SError
 from s2s.models import Seq2Seq, build_model
+
+log = logging.getLogger(__name__)
 
 FORMAT = "s2s-checkpoint"
 # 2: the recurrent decoders follow their papers (model.rnn.decoder). Version 1 Transformers still load as they are.
@@ -92,3 +97,35 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Seq2Seq,
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: {err}") from None
     model.to(device).eval()
     return model, cfg, payload
+
+
+# ------------------------------------------------------------------------------------------------ resume states
+
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "progress")  # what a resume state holds
+
+
+def resume_key(cfg: TrainConfig, model_cfg: ModelConfig, eval_cfg: EvaluateConfig, prepared: Path, tokenizer_dir: Path) -> str:
+    """What a resume state belongs to: the same configs, data and tokenizer, nothing else.
+
+    The process layout is left out: a run killed on N processes may continue on M (the update is the same).
+    """
+    configs = [cfg.model_dump(exclude={"distributed"}), model_cfg.model_dump(), eval_cfg.model_dump()]
+    digest = hashlib.sha256(json.dumps(configs, sort_keys=True).encode())
+    for path in sorted([*prepared.glob("train.*"), *prepared.glob("valid.*"), *tokenizer_dir.glob("*")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def read_resume(path: Path) -> dict[str, Any] | None:
+    """A resume state written by `atomic_torch_save`; None when there is none or it cannot be read (a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [key for key in RESUME_KEYS if key not in state]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, TypeError) as err:
+        log.warning("ignoring unreadable resume state %s: %s", path, err)
+        return None
+    return dict(state)

@@ -241,15 +241,38 @@ class TrainConfig(_Section):
 # ------------------------------------------------------------------------- evaluate
 
 
-class EvaluateConfig(_Section):
-    # The keys that validation during training decodes with (greedily); the train stage depends on these only.
-    VALIDATION_KEYS: ClassVar[tuple[str, ...]] = ("batch_size", "max_len_a", "max_len_b")
+class DecodingConfig(_Section):
+    """How a model decodes: the evaluate stage, a registered model's default, serving, CTranslate2 and translate."""
+
+    # What a request (serving, `s2s translate`) may set, and its type; n_best is a request's only, not a config key.
+    REQUEST_OPTIONS: ClassVar[dict[str, type]] = {
+        "beam_size": int, "n_best": int, "length_penalty": float, "max_len_a": float, "max_len_b": int,
+    }  # fmt: skip
 
     beam_size: int = Field(default=1, ge=1)
     batch_size: int = Field(default=128, ge=1)
     max_len_a: float = Field(default=1.5, gt=0.0)
     max_len_b: int = Field(default=10, ge=0)
     length_penalty: float = Field(default=1.0, ge=0.0)
+
+    def decoding(self) -> DecodingConfig:
+        """The decoding keys alone (of an EvaluateConfig too): what a registered model decodes with."""
+        return DecodingConfig(**{key: getattr(self, key) for key in DecodingConfig.model_fields})
+
+    def beam_for(self, n_best: int) -> int:
+        """The beam that returns `n_best` hypotheses: never narrower than the number asked for."""
+        return max(self.beam_size, n_best)
+
+    @property
+    def decoding_name(self) -> str:
+        """This config's decoding as `evaluate.also` names one: greedy, beam5, ..."""
+        return "greedy" if self.beam_size == 1 else f"beam{self.beam_size}"
+
+
+class EvaluateConfig(DecodingConfig):
+    # The keys that validation during training decodes with (greedily); the train stage depends on these only.
+    VALIDATION_KEYS: ClassVar[tuple[str, ...]] = ("batch_size", "max_len_a", "max_len_b")
+
     attention_maps: int = Field(default=4, ge=0)
     # Other decodings to score too (`greedy`, `beam5`, ...), beside the one above, which the model is registered and
     # served with and which the gate uses; each differs in beam size only.
@@ -258,11 +281,6 @@ class EvaluateConfig(_Section):
     def for_validation(self) -> EvaluateConfig:
         """Greedy decoding with this config's VALIDATION_KEYS, everything else at its default."""
         return EvaluateConfig(**{key: getattr(self, key) for key in self.VALIDATION_KEYS})
-
-    @property
-    def decoding_name(self) -> str:
-        """This config's decoding as `also` names one: greedy, beam5, ..."""
-        return "greedy" if self.beam_size == 1 else f"beam{self.beam_size}"
 
     def also_decodings(self) -> dict[str, EvaluateConfig]:
         """name -> config for each of `also` other than this config's own decoding, in the order given."""
@@ -308,6 +326,11 @@ class PromoteConfig(_Section):
     min_score: float = Field(default=0.0, ge=0.0)  # metrics where higher is better
     max_score: float | None = Field(default=None, ge=0.0)  # metrics where lower is better (TER)
     export: Quantization | None = None  # a new champion (Transformer) is also registered converted to CTranslate2
+
+    @property
+    def bound(self) -> float | None:
+        """The configured bound of the metric's direction: min_score where higher is better, else max_score."""
+        return self.min_score if metric(self.metric).higher_is_better else self.max_score
 
     @model_validator(mode="after")
     def _bound_fits_metric(self) -> PromoteConfig:

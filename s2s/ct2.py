@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from s2s import checkpoint
-from s2s.config import QUANTIZATIONS, EvaluateConfig, ModelConfig, Quantization
-from s2s.errors import S2SError
+from s2s.config import QUANTIZATIONS, DecodingConfig, ModelConfig, Quantization
+from s2s.errors import ExportError
 from s2s.models.transformer import Embedding, TransformerSeq2Seq
 from s2s.search import length_penalty, max_lengths
 from s2s.tokenizer import BOS, EOS, PAD, UNK, Tokenizers
@@ -43,10 +43,6 @@ GPU_ONLY = ("float16", "bfloat16", "int8_float16", "int8_bfloat16")  # CPUs comp
 # translation s2s's own search finds on Multi30k test_2016 (1,000 of 1,000; 977 with 1). BENCHMARKS.md.
 PATIENCE = 2
 ENGINE_FILE = "s2s-engine.json"  # written beside CTranslate2's model.bin: what the folder holds and was made from
-
-
-class ExportError(S2SError, ValueError):
-    pass
 
 
 def _require_ctranslate2() -> Any:
@@ -222,10 +218,10 @@ class CT2Translator:
         )  # fmt: skip
         return cls(translator, Tokenizers.load(tokenizer_dir), quantization, meta.get("max_positions"))
 
-    def nbest_pieces(self, sources: list[str], n: int, cfg: EvaluateConfig) -> list[list[list[str]]]:
+    def nbest_pieces(self, sources: list[str], n: int, cfg: DecodingConfig) -> list[list[list[str]]]:
         """The `n` best target pieces of each sentence, best first, in input order."""
         ids = source_ids(self.tok, sources, self.max_positions)
-        beam = max(cfg.beam_size, n)
+        beam = cfg.beam_for(n)
         cap = self.max_positions - 1 if self.max_positions else None
         limits = max_lengths(torch.tensor([len(s) for s in ids]), cfg.max_len_a, cfg.max_len_b, cap).tolist()
         # Beam search as s2s's own (see the module docstring): CTranslate2 keeps finishing hypotheses until
@@ -256,8 +252,8 @@ class CT2Translator:
                 results[i] = hyps[:n]
         return results
 
-    def translate_nbest(self, sources: list[str], n: int, cfg: EvaluateConfig | None = None) -> list[list[str]]:
-        return [[self.tok.tgt.decode(h) for h in hyps] for hyps in self.nbest_pieces(sources, n, cfg or EvaluateConfig())]
+    def translate_nbest(self, sources: list[str], n: int, cfg: DecodingConfig | None = None) -> list[list[str]]:
+        return [[self.tok.tgt.decode(h) for h in hyps] for hyps in self.nbest_pieces(sources, n, cfg or DecodingConfig())]
 
-    def translate(self, sources: list[str], cfg: EvaluateConfig | None = None) -> list[str]:
+    def translate(self, sources: list[str], cfg: DecodingConfig | None = None) -> list[str]:
         return [hyps[0] for hyps in self.translate_nbest(sources, 1, cfg)]

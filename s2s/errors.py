@@ -10,6 +10,11 @@ class S2SError(Exception):
 class Interrupted(S2SError):
     """Stopped on a signal (SIGINT, SIGTERM) after saving what a rerun needs; the process exits 128 + signum."""
 
-    def __init__(self, signum: int, message: str) -> None:
+    def __init__(self, signum: int, message: str, resumes: bool = True) -> None:
         super().__init__(message)
         self.signum = signum
+        self.resumes = resumes  # a rerun continues from the saved state
+
+
+class ExportError(S2SError, ValueError):
+    """A model that cannot be exported (to CTranslate2): the message says why."""

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from sacrebleu.metrics import BLEU
 
 from s2s.config import EvaluateConfig
+from s2s.eval_records import DecodingScores, EvalReport
 from s2s.layout import read_prepared
 from s2s.metrics import METRIC_NAMES
 from s2s.scoring import score
@@ -51,7 +50,7 @@ def draw_attention(cfg: EvaluateConfig, translator: Translator, sources: list[st
     ]
 
 
-def decode_and_score(cfg: EvaluateConfig, translator: Translator, sources: list[str], references: list[str]) -> dict[str, Any]:
+def decode_and_score(cfg: EvaluateConfig, translator: Translator, sources: list[str], references: list[str]) -> DecodingScores:
     """Every metric of one more decoding of the test set (`evaluate.also`), with its speed."""
     start = time.perf_counter()
     hypotheses = translator.translate(sources, cfg)
@@ -59,8 +58,8 @@ def decode_and_score(cfg: EvaluateConfig, translator: Translator, sources: list[
     scores = {name: value for name, value in score(hypotheses, references).items() if name in METRIC_NAMES}
     log.info("%s: test %s  %d sentences %.1f s", cfg.decoding_name,
              "  ".join(f"{name} {value:.2f}" for name, value in scores.items()), len(sources), seconds)  # fmt: skip
-    return {**scores, "beam_size": cfg.beam_size, "decode_seconds": round(seconds, 2),
-            "sentences_per_second": round(len(sources) / seconds, 1)}  # fmt: skip
+    return DecodingScores(**scores, beam_size=cfg.beam_size, decode_seconds=round(seconds, 2),
+                          sentences_per_second=round(len(sources) / seconds, 1))  # fmt: skip
 
 
 def run(
@@ -70,28 +69,26 @@ def run(
     metrics_path: Path,
     hyps_path: Path,
     attention_dir: Path | None = None,
-) -> dict[str, Any]:
+) -> EvalReport:
     pairs = read_prepared(prepared, "test")
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
     start = time.perf_counter()
     hypotheses = translator.translate(sources, cfg)
     seconds = time.perf_counter() - start
-    metrics: dict[str, Any] = {"decoding": cfg.decoding_name, **score(hypotheses, references)}
-    # The trivial baseline a model must beat, in every metric the gate may use: output the source unchanged.
     copied = score(sources, references)
-    metrics.update({f"copy_source_{name}": copied[name] for name in METRIC_NAMES})
-    metrics["by_source_length"] = length_buckets(sources, hypotheses, references)
-    metrics.update(
+    report = EvalReport(
+        decoding=cfg.decoding_name,
+        **score(hypotheses, references),
+        **{f"copy_source_{name}": copied[name] for name in METRIC_NAMES},
+        by_source_length=length_buckets(sources, hypotheses, references),
         sentences=len(sources),
         beam_size=cfg.beam_size,
         decode_seconds=round(seconds, 2),
         sentences_per_second=round(len(sources) / seconds, 1),
         device=str(translator.device),
+        also={name: decode_and_score(other, translator, sources, references) for name, other in cfg.also_decodings().items()},
     )
-    metrics["also"] = {name: decode_and_score(other, translator, sources, references) for name, other in
-                       cfg.also_decodings().items()}  # fmt: skip
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    report.write(metrics_path)
     hyps_path.parent.mkdir(parents=True, exist_ok=True)
     with hyps_path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
@@ -99,18 +96,11 @@ def run(
         writer.writerows(zip(sources, references, hypotheses, strict=True))
     log.info(
         "test BLEU %.2f  chrF %.2f  TER %.2f  ROUGE-1/2/L %.2f/%.2f/%.2f  (copying the source: BLEU %.2f)  %d sentences %.1f s",
-        metrics["bleu"],
-        metrics["chrf"],
-        metrics["ter"],
-        metrics["rouge1"],
-        metrics["rouge2"],
-        metrics["rougeL"],
-        metrics["copy_source_bleu"],
-        len(sources),
-        seconds,
-    )
-    log.info("signature: %s", metrics["bleu_signature"])
+        report.bleu, report.chrf, report.ter, report.rouge1, report.rouge2, report.rougeL, report.copy_source_bleu,
+        len(sources), seconds,
+    )  # fmt: skip
+    log.info("signature: %s", report.bleu_signature)
     if attention_dir is not None:
         maps = draw_attention(cfg, translator, sources, attention_dir)
         log.info("%d attention maps in %s", len(maps), attention_dir)
-    return metrics
+    return report

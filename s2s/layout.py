@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from s2s import dotted
 from s2s.config import EvaluateConfig
 from s2s.errors import S2SError
 
@@ -37,6 +38,8 @@ ATTENTION_DIR = "reports/attention"
 # Outside every DVC output: DVC deletes a stage's outputs before it runs, and these must survive that.
 RESUME_DIR = ".cache/train-resume"
 DOWNLOADS_DIR = ".cache/downloads"
+SWEEP_STORAGE_ENV = "S2S_SWEEP_STORAGE"  # the environment variable naming a sweep's study database (may hold a password)
+STATUS_DIR = ".cache/stage-status"  # s2s.stage_status: how a stage that did not finish ended, one file per stage
 
 SPLITS = ("train", "valid", "test")
 SIDES = ("src", "tgt")
@@ -192,19 +195,7 @@ class LockView:
         for entry in (lock or {}).get("stages", {}).values():
             for values in entry.get("params", {}).values():
                 for key, value in values.items():
-                    _set_dotted(params, key, value)
+                    dotted.merge_at(params, key, value)
             for out in entry.get("outs", []):
                 outs[out["path"]] = out.get("md5", "")
         return cls(params, outs)
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """`train.device: cpu` and `train: {...}` both land in tree['train']."""
-    *parents, leaf = key.split(".")
-    for part in parents:
-        tree = tree.setdefault(part, {})
-    if isinstance(value, dict) and isinstance(tree.get(leaf), dict):
-        for sub, sub_value in value.items():
-            _set_dotted(tree[leaf], sub, sub_value)
-    else:
-        tree[leaf] = value

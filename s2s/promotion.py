@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from s2s.metrics import metric
 from s2s.task import Task
 
+# A gate's verdicts, as the version's s2s.gate.decision tag and the flow's result say them.
+PROMOTED, REJECTED, REFUSED, SKIPPED = "promoted", "rejected", "refused", "skipped"
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -24,7 +27,39 @@ class Decision:
 
     @property
     def verdict(self) -> str:
-        return "promoted" if self.promote else "refused" if self.refused else "rejected"
+        return PROMOTED if self.promote else REFUSED if self.refused else REJECTED
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    """What promote.export did with a new champion: its CTranslate2 version and alias, or why there is none."""
+
+    exported: str | None  # the version registered; None: not exported
+    quantization: str
+    alias: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """What the flow's gate did: a verdict (PROMOTED, REJECTED, REFUSED), SKIPPED, or "unchanged (<earlier verdict>)"."""
+
+    decision: str
+    reason: str
+    metric: str | None = None
+    challenger: float | None = None
+    champion: float | None = None
+    champion_version: str | None = None
+    export: ExportOutcome | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == PROMOTED
+
+    @classmethod
+    def of(cls, decision: Decision) -> GateOutcome:
+        return cls(decision.verdict, decision.reason, decision.metric, decision.challenger, decision.champion,
+                   decision.champion_version)  # fmt: skip
 
 
 @dataclass(frozen=True)

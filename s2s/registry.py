@@ -8,7 +8,6 @@ so a retry after a crash, or a run where nothing changed, registers nothing.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib.metadata
 import json
@@ -17,23 +16,40 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.pyfunc
+import requests
+import sqlalchemy.exc
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
-from s2s import layout
-from s2s.config import DEFAULT_TRACKING_URI, QUANTIZATIONS, EvaluateConfig, IngestConfig, RegistryConfig
-from s2s.promotion import Decision, Floor, decide, refuse, task_conflict
+from s2s import dotted, layout
+from s2s.config import (
+    DEFAULT_TRACKING_URI,
+    QUANTIZATIONS,
+    DecodingConfig,
+    EvaluateConfig,
+    IngestConfig,
+    PromoteConfig,
+    RegistryConfig,
+)  # fmt: skip
+from s2s.dvc import git, lock_holders
+from s2s.errors import S2SError
+from s2s.eval_records import EvalReport
+from s2s.promotion import SKIPPED, Decision, Floor, GateOutcome, decide, refuse, task_conflict
 from s2s.serving import DECODING_OPTIONS, RequestBatcher, RequestError, ServeLimits, decoding_with
 from s2s.task import Task
+from s2s.train_records import TrainSummary, read_curve
 
 log = logging.getLogger(__name__)
+# What a store that cannot be used raises: MLflow's own errors, requests' for a server, SQLAlchemy's for a database.
+STORE_ERRORS = (MlflowException, requests.exceptions.ConnectionError, sqlalchemy.exc.OperationalError, OSError)
 
 LINEAGE_TAG = "s2s.lineage"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -59,7 +75,7 @@ INPUT_EXAMPLE = ["We saw a big dog yesterday."]
 ENGINE_TAG, EXPORTED_FROM_TAG, PYTORCH = "s2s.engine", "s2s.exported_from", "pytorch"
 
 
-def input_example(decoding: EvaluateConfig) -> tuple[list[str], dict[str, Any]]:
+def input_example(decoding: DecodingConfig) -> tuple[list[str], dict[str, Any]]:
     """The logged example: sentences, and the decoding options with this version's values.
 
     MLflow takes the signature's inputs and outputs from `predict`'s type hints and its params schema (names,
@@ -83,11 +99,12 @@ class S2SPyfunc(mlflow.pyfunc.PythonModel):
             self.translator: Any = CT2Translator.load(Path(context.artifacts["ctranslate2"]), tokenizer)
         else:
             self.translator = Translator.load(Path(context.artifacts["model"]), tokenizer)
-        self.decoding = EvaluateConfig.model_validate(json.loads(Path(context.artifacts["decoding"]).read_text()))
+        registered = EvaluateConfig.model_validate(json.loads(Path(context.artifacts["decoding"]).read_text()))
+        self.decoding = registered.decoding()  # the artifact is the evaluate section; decoding needs its decoding keys
         self.limits = ServeLimits.from_env()
         self.batcher = RequestBatcher(self._decode)
 
-    def _decode(self, sources: list[str], cfg: EvaluateConfig, n_best: int) -> list[Any]:
+    def _decode(self, sources: list[str], cfg: DecodingConfig, n_best: int) -> list[Any]:
         if n_best == 1:
             return self.translator.translate(sources, cfg)  # type: ignore[no-any-return]
         return self.translator.translate_nbest(sources, n_best, cfg)  # type: ignore[no-any-return]
@@ -207,31 +224,20 @@ def find_version(client: MlflowClient, name: str, key: str) -> ModelVersion | No
     return next((v for v in versions if v.tags.get(LINEAGE_TAG) == key and v.tags.get(ENGINE_TAG, PYTORCH) == PYTORCH), None)
 
 
-def _flatten(prefix: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(f"{prefix}.{k}" if prefix else str(k), v))
-        return out
-    return {prefix: value}
-
-
 def log_run(inputs: RunInputs, tags: dict[str, str]) -> None:
     """Params (as the stages ran with them), per-epoch curves, final metrics, reports and lineage files into the active run."""
-    flat = _flatten("", inputs.trained_with)
+    flat = dotted.flatten(inputs.trained_with)
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
     mlflow.set_tags(tags)
-    with inputs.file(layout.TRAIN_CURVE).open() as handle:
-        for row in csv.DictReader(handle):
-            epoch = int(row.pop("epoch"))
-            mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if v != ""}, step=epoch)
-    summary = json.loads(inputs.file(layout.TRAIN_SUMMARY).read_text())
-    metrics = json.loads(inputs.file(layout.EVAL_METRICS).read_text())
-    numeric = {**{f"train/{k}": v for k, v in summary.items()}, **{f"test/{k}": v for k, v in metrics.items()}}
-    for decoding, scores in metrics.get("also", {}).items():  # evaluate.also: test/greedy/bleu, ...
-        numeric.update({f"test/{decoding}/{k}": v for k, v in scores.items()})
+    for epoch in read_curve(inputs.file(layout.TRAIN_CURVE)):
+        mlflow.log_metrics(epoch.mlflow_metrics(), step=epoch.epoch)
+    summary = asdict(TrainSummary.read(inputs.file(layout.TRAIN_SUMMARY)))
+    report = EvalReport.read(inputs.file(layout.EVAL_METRICS))
+    numeric = {**{f"train/{k}": v for k, v in summary.items()}, **{f"test/{k}": v for k, v in report.to_dict().items()}}
+    for decoding, scores in report.also.items():  # evaluate.also: test/greedy/bleu, ...
+        numeric.update({f"test/{decoding}/{k}": v for k, v in asdict(scores).items()})
     mlflow.log_metrics({k: float(v) for k, v in numeric.items() if isinstance(v, int | float) and not isinstance(v, bool)})
-    mlflow.set_tags({f"test.{k}": v for k, v in metrics.items() if k.endswith("_signature")})
+    mlflow.set_tags({f"test.{k}": v for k, v in report.signatures().items()})
     for path in (layout.EVAL_METRICS, layout.HYPOTHESES, layout.TRAIN_CURVE, layout.TRAIN_SUMMARY, layout.INGEST_STATS):
         mlflow.log_artifact(str(inputs.file(path)), artifact_path=REPORTS_DIR)
     if inputs.file(layout.ATTENTION_DIR).is_dir():
@@ -239,6 +245,48 @@ def log_run(inputs: RunInputs, tags: dict[str, str]) -> None:
     for path in LINEAGE_FILES:  # at their workspace paths, so that `s2s restore` can put them back
         if inputs.file(path).is_file():
             mlflow.log_artifact(str(inputs.file(path)), artifact_path="/".join([LINEAGE_DIR, *Path(path).parent.parts]))
+
+
+class RegistryUnavailable(S2SError, RuntimeError):
+    """The MLflow store could not be used (down, unreachable, locked); the trained model is safe in DVC's cache."""
+
+
+def registration_tags(outs: dict[str, str], commit: str, dirty: bool, flow_run_id: str) -> tuple[dict[str, str], str]:
+    """A version's tags (git commit, Prefect flow run, the lineage outputs' dvc.lock hashes) and its description."""
+    stage_hashes = {f"dvc.{stage}.{Path(path).name}": outs.get(path, "") for stage, path in layout.LINEAGE_OUTS.items()}
+    tags = {"git.commit": commit, "git.dirty": str(dirty).lower(), "prefect.flow_run_id": flow_run_id, **stage_hashes}
+    description = (
+        f"Trained by the s2s pipeline from git commit {commit}{' (with local changes)' if dirty else ''}, "
+        f"Prefect flow run {flow_run_id}; data {stage_hashes.get('dvc.ingest.prepared', '?')}, "
+        f"tokenizer {stage_hashes.get('dvc.tokenizer.tokenizer', '?')} (dvc.lock md5). "
+        "`s2s restore VERSION` puts its data, tokenizer and model files back from the DVC remote."
+    )
+    return tags, description
+
+
+def register_workspace(workspace: Path, registry: RegistryConfig, lock: layout.LockView, flow_run_id: str) -> Registered:
+    """Register the workspace's model with the params and hashes `lock` (dvc.lock) recorded: what really ran.
+
+    A store that cannot be used is a RegistryUnavailable naming it (and, for a locked SQLite file, who holds it).
+    """
+    inputs = RunInputs(workspace=workspace, registry=registry, trained_with=lock.params)
+    commit = git(workspace, "rev-parse", "HEAD") or "unknown"
+    dirty = bool(git(workspace, "status", "--porcelain", "--untracked-files=no"))
+    tags, description = registration_tags(lock.outs, commit, dirty, flow_run_id)
+    uri = tracking_uri(registry, workspace)
+    kept = "The trained model is kept in the DVC cache; run the pipeline again once {} and it registers without retraining."
+    try:
+        return register(inputs, lineage_key(lock.outs, inputs.decoding), tags, description)
+    except Exception as err:  # MLflow raises its own, SQLAlchemy's, requests' and OS errors for a store it cannot use
+        if "database is locked" in str(err) and uri.startswith("sqlite:///"):  # SQLite's own words: no type of its own
+            database = uri[len("sqlite:///") :]
+            raise RegistryUnavailable(
+                f"the MLflow registry database {database} is locked by {lock_holders(Path(database))}. "
+                + kept.format("it is free")
+            ) from None
+        if not isinstance(err, STORE_ERRORS):
+            raise
+        raise RegistryUnavailable(f"MLflow registry at {uri} failed: {err}. " + kept.format("MLflow is back")) from err
 
 
 def register(inputs: RunInputs, key: str, tags: dict[str, str], description: str) -> Registered:
@@ -502,6 +550,46 @@ def run_gate(
     return decision
 
 
+Logger = logging.Logger | logging.LoggerAdapter[Any]  # the flow passes Prefect's run logger, which is an adapter
+
+
+def gate_registered(
+    client: MlflowClient, registered: Registered, promote: PromoteConfig, inputs: RunInputs, logger: Logger = log
+) -> GateOutcome:
+    """The flow's promotion gate for the version just registered: run_gate on the workspace's test set, unless the
+    gate is off or this version was decided before. The challenger's score is the evaluate stage's (the same model,
+    decoding and test set); a champion's is decoded once per version and test set, then read from its tag."""
+    if not promote.enabled:
+        logger.info("promotion gate disabled (promote.enabled: false): champion unchanged")
+        return GateOutcome(SKIPPED, "promote.enabled is false")
+    tags = client.get_model_version(registered.name, registered.version).tags
+    if not registered.created and DECISION_TAG in tags:
+        logger.info("v%s was decided before (%s): gate skipped", registered.version, tags[DECISION_TAG])
+        return GateOutcome(f"unchanged ({tags[DECISION_TAG]})", tags.get(REASON_TAG, ""))
+    pairs = layout.read_prepared(inputs.file(layout.PREPARED_DIR), "test")
+    sources, references = [s for s, _ in pairs], [t for _, t in pairs]
+    metric, tag = promote.metric, score_tag(sources, references, promote.metric)
+    evaluated = EvalReport.read(inputs.file(layout.EVAL_METRICS))
+
+    def decode(version: str) -> float:
+        def progress(done: int, total: int) -> None:
+            logger.info("v%s: decoding the test set for the gate: %d/%d sentences (%d%%)", version, done, total,
+                        100 * done // total)  # fmt: skip
+
+        return score_model(f"models:/{registered.name}/{version}", sources, references, metric, progress)
+
+    def scorer(version: str) -> float:
+        own = version == registered.version
+        value = cached_score(client, registered.name, version, tag, lambda: evaluated.score(metric) if own else decode(version))
+        logger.info("v%s: test %s %.2f", version, metric, value)
+        return value
+
+    floor = Floor(metric, copy_source=evaluated.copy_source(metric), bound=promote.bound)
+    decision = run_gate(client, registered.name, registered.version, metric, promote.margin, scorer, floor, inputs.task)
+    (logger.warning if decision.refused else logger.info)("gate: %s", decision.reason)
+    return GateOutcome.of(decision)
+
+
 def promote(client: MlflowClient, name: str, version: str, reason: str) -> ModelVersion | None:
     """Make a version champion by hand; returns the champion it replaced."""
     client.get_model_version(name, version)  # a clear MLflow error if it does not exist
@@ -527,6 +615,22 @@ def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------- restore
+
+
+def load_registered(model_uri: str, given_uri: str | None, workspace: Path) -> mlflow.pyfunc.PyFuncModel:
+    """A registered model (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/...) from the store `given_uri` names (else
+    $MLFLOW_TRACKING_URI, else the workspace's)."""
+    uri = tracking_uri(RegistryConfig(tracking_uri=given_uri), workspace)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def unaccepted_options(model: mlflow.pyfunc.PyFuncModel, options: dict[str, Any]) -> list[str]:
+    """The decoding options a loaded model's signature does not take (versions registered before they existed)."""
+    schema = model.metadata.get_params_schema()
+    accepted = {p.name for p in schema.params} if schema is not None else set()
+    return sorted(set(options) - accepted)
 
 
 def resolve_version(client: MlflowClient, name: str, ref: str) -> ModelVersion:

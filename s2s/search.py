@@ -94,6 +94,36 @@ def _done(finished: list[list[Hypothesis]], best_alive: list[float], limits: lis
 
 
 @torch.no_grad()
+def _step_log_probs(logits: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
+    """The last step's log-probabilities (B*K, V): never a special token but EOS, and only EOS past the length limit."""
+    logp = logits[:, -1].float().log_softmax(-1)
+    logp[:, NEVER] = float("-inf")
+    logp[at_limit] = float("-inf")
+    logp[at_limit, EOS] = 0.0
+    return logp
+
+
+def _collect_finished(
+    finished: list[list[Hypothesis]],
+    is_eos: torch.Tensor,
+    top_scores: torch.Tensor,
+    top_beam: torch.Tensor,
+    tokens: torch.Tensor,
+    history: torch.Tensor | None,
+    src_len: torch.Tensor,
+    k: int,
+    alpha: float,
+) -> None:
+    """Finished hypotheses: EOS candidates ranked within the top K (B, 2K); each sentence keeps its K best."""
+    hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
+    for b, rank in hits:
+        row = b * k + int(top_beam[b, rank])
+        seq = tokens[row, 1:].tolist()
+        attn = history[row, :, : int(src_len[b])].cpu() if history is not None else None
+        norm = float(top_scores[b, rank]) / length_penalty(len(seq) + 1, alpha)
+        finished[b] = sorted([*finished[b], Hypothesis(seq, norm, attn)], key=lambda h: -h.score)[:k]
+
+
 def beam_search(
     model: Seq2Seq,
     src: torch.Tensor,
@@ -125,12 +155,8 @@ def beam_search(
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     for t in range(int(limits.max()) + 1):
         out = model.decode(tokens[:, -1:], state)
-        logp = out.logits[:, -1].float().log_softmax(-1)  # (B*K, V)
-        logp[:, NEVER] = float("-inf")
+        logp = _step_log_probs(out.logits, (limits <= t).repeat_interleave(k))  # (B*K, V)
         vocab = logp.size(-1)
-        at_limit = (limits <= t).repeat_interleave(k)  # past the limit only EOS remains
-        logp[at_limit] = float("-inf")
-        logp[at_limit, EOS] = 0.0
         cand = (scores.view(-1, 1) + logp).view(batch, k * vocab)  # (B, K*V)
         cand[done] = float("-inf")
         top_scores, top_idx = cand.topk(2 * k, dim=1)  # (B, 2K)
@@ -140,14 +166,7 @@ def beam_search(
         if step_attn is not None:
             history = step_attn if history is None else torch.cat([history, step_attn], dim=1)
 
-        # Finished hypotheses: EOS candidates ranked within the top K; each sentence keeps its K best.
-        hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
-        for b, rank in hits:
-            row = b * k + int(top_beam[b, rank])
-            seq = tokens[row, 1:].tolist()
-            attn = history[row, :, : int(src_len[b])].cpu() if history is not None else None
-            norm = float(top_scores[b, rank]) / length_penalty(len(seq) + 1, alpha)
-            finished[b] = sorted([*finished[b], Hypothesis(seq, norm, attn)], key=lambda h: -h.score)[:k]
+        _collect_finished(finished, is_eos, top_scores, top_beam, tokens, history, src_len, k, alpha)
 
         # The K best non-EOS candidates continue (at most K of the 2K are EOS).
         rank = (is_eos.float() * 2 * k + torch.arange(2 * k, device=device)).argsort(dim=1)[:, :k]  # (B, K)
@@ -173,7 +192,11 @@ def translate_ids(
     alpha: float = 1.0,
     n_best: int = 1,
 ) -> list[list[Hypothesis]]:
-    """The `n_best` best hypotheses per sentence: greedy for beam 1 (and one), else beam search."""
-    if beam == 1 and n_best == 1:
+    """The `n_best` best hypotheses per sentence: greedy for beam 1 (and one), else beam search.
+
+    `beam` is at least `n_best` (DecodingConfig.beam_for makes it so)."""
+    if beam < n_best:
+        raise ValueError(f"a beam of {beam} cannot return {n_best} hypotheses: use DecodingConfig.beam_for")
+    if beam == 1:
         return [[h] for h in greedy(model, src, src_len, max_len_a, max_len_b)]
-    return beam_search(model, src, src_len, max(beam, n_best), max_len_a, max_len_b, alpha, n_best)
+    return beam_search(model, src, src_len, beam, max_len_a, max_len_b, alpha, n_best)

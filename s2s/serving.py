@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from s2s.config import EvaluateConfig, format_validation_error
+from s2s.config import DecodingConfig, format_validation_error
 
 # Decoding options a registered model takes per request (MLflow inference params); each defaults to how the version was
 # registered to decode, which is how the evaluate stage scored it (n_best: 1).
-DECODING_OPTIONS = {"beam_size": int, "n_best": int, "length_penalty": float, "max_len_a": float, "max_len_b": int}
+DECODING_OPTIONS = DecodingConfig.REQUEST_OPTIONS
 
 
 class RequestError(ValueError):
@@ -65,7 +65,7 @@ class ServeLimits:
                 raise RequestError(f"{name}: {value} is above this server's maximum of {self.max_beam} ({self.ENV['max_beam']})")
 
 
-def decoding_with(registered: EvaluateConfig, options: dict[str, Any] | None) -> tuple[EvaluateConfig, int]:
+def decoding_with(registered: DecodingConfig, options: dict[str, Any] | None) -> tuple[DecodingConfig, int]:
     """The registered decoding settings with a request's options applied, and n_best; a bad option is an error."""
     given = {k: v for k, v in (options or {}).items() if v is not None}
     unknown = sorted(set(given) - set(DECODING_OPTIONS))
@@ -75,15 +75,15 @@ def decoding_with(registered: EvaluateConfig, options: dict[str, Any] | None) ->
     if isinstance(n_best, bool) or not isinstance(n_best, int) or n_best < 1:
         raise RequestError(f"n_best: expected a whole number >= 1, got {n_best!r}")
     try:
-        cfg = EvaluateConfig.model_validate({**registered.model_dump(), **given})
+        cfg = DecodingConfig.model_validate({**registered.decoding().model_dump(), **given})
     except ValidationError as err:
-        raise RequestError(format_validation_error(err, EvaluateConfig, "decoding options")) from None
-    return (cfg.model_copy(update={"beam_size": n_best}) if n_best > cfg.beam_size else cfg), n_best
+        raise RequestError(format_validation_error(err, DecodingConfig, "decoding options")) from None
+    return cfg.model_copy(update={"beam_size": cfg.beam_for(n_best)}), n_best
 
 
 @dataclass
 class _Request:
-    key: tuple[EvaluateConfig, int]
+    key: tuple[DecodingConfig, int]
     sources: list[str]
     done: bool = False
     result: list[Any] = field(default_factory=list)
@@ -101,12 +101,12 @@ class RequestBatcher:
     batch already spreads over every core.
     """
 
-    def __init__(self, decode: Callable[[list[str], EvaluateConfig, int], list[Any]]) -> None:
+    def __init__(self, decode: Callable[[list[str], DecodingConfig, int], list[Any]]) -> None:
         self.decode = decode
         self.queue: list[_Request] = []
         self.queue_lock, self.decoder = threading.Lock(), threading.Lock()
 
-    def __call__(self, sources: list[str], cfg: EvaluateConfig, n_best: int) -> list[Any]:
+    def __call__(self, sources: list[str], cfg: DecodingConfig, n_best: int) -> list[Any]:
         request = _Request((cfg, n_best), sources)
         with self.queue_lock:
             self.queue.append(request)

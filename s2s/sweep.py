@@ -31,6 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import Field, ValidationError, model_validator
 
+from s2s import dotted
 from s2s.config import ConfigError, Params, _Section, format_validation_error, parse_params, read_yaml
 from s2s.errors import S2SError
 from s2s.metrics import METRICS, MetricName
@@ -163,26 +164,9 @@ def load_spec(path: Path) -> SweepSpec:
 # ------------------------------------------------------------------------------ params of a trial
 
 
-def _get(tree: dict[str, Any], key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(key)
-        node = node[part]
-    return node
-
-
-def _set(tree: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
-    """A copy of `tree` with the dotted `key` set to `value`."""
-    head, _, rest = key.partition(".")
-    out = dict(tree)
-    out[head] = _set(out.get(head) or {}, rest, value) if rest else value
-    return out
-
-
 def with_values(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
-        base = _set(base, key, value)
+        base = dotted.with_value(base, key, value)
     return base
 
 
@@ -193,7 +177,7 @@ def check_spec(spec: SweepSpec, base: dict[str, Any], source: str) -> None:
         if key.split(".")[0] not in SECTIONS:
             raise SweepError(f"{source}: {key}: only recipe params can be swept or fixed ({', '.join(SECTIONS)} sections)")
         try:
-            leaf = _get(defaults, key)
+            leaf = dotted.get(defaults, key)
         except KeyError:
             raise SweepError(f"{source}: {key}: no such param (params.yaml lists every key)") from None
         if isinstance(leaf, dict):
@@ -219,7 +203,7 @@ def trial_params(base: dict[str, Any], spec: SweepSpec, values: dict[str, Any]) 
 
 def baseline_values(base: dict[str, Any], spec: SweepSpec) -> dict[str, Any] | None:
     """The base params' values of the swept keys, if every one lies inside its dimension (else no baseline trial)."""
-    values = {key: _get(parse_params(with_values(base, spec.fixed)).model_dump(mode="json"), key) for key in spec.space}
+    values = {key: dotted.get(parse_params(with_values(base, spec.fixed)).model_dump(mode="json"), key) for key in spec.space}
     outside = [key for key, value in values.items() if not spec.space[key].contains(value)]
     if outside:
         log.warning("no baseline trial: the base value of %s lies outside the search space", ", ".join(outside))
@@ -501,17 +485,11 @@ def best_preset(study: optuna.Study, name: str) -> str:
     for section in SECTIONS:
         document[section] = _commented(params[section])
     for key, dim in spec.space.items():
-        parent = document
-        *path, leaf = key.split(".")
-        for part in path:
-            parent = parent[part]
-        parent.yaml_add_eol_comment(f"swept: {_describe(dim)}", leaf)
+        node, leaf = dotted.parent(document, key)
+        node.yaml_add_eol_comment(f"swept: {_describe(dim)}", leaf)
     for key in spec.fixed:
-        parent = document
-        *path, leaf = key.split(".")
-        for part in path:
-            parent = parent[part]
-        parent.yaml_add_eol_comment("fixed by the sweep", leaf)
+        node, leaf = dotted.parent(document, key)
+        node.yaml_add_eol_comment("fixed by the sweep", leaf)
     rt = YAML()
     rt.width = 4096
     buffer = io.StringIO()

@@ -1,55 +1,47 @@
 """The training loop: token-bucketed batches, teacher forcing, per-epoch validation.
 
-Writes the best checkpoint (by validation BLEU), a per-epoch CSV for `dvc
-plots` and a JSON summary. Every `checkpoint_every` steps and at each epoch's
-end it saves a resume state (model, optimizer, scheduler, RNG, progress) under
-a key of its configs and data, outside DVC's outputs, so a killed run picks up
-where it stopped and finishes as if never interrupted.
+Writes the kept checkpoint (by validation `train.select_metric`; s2s.selection decides), the training curve
+(s2s.curve) and a summary (`TrainSummary`). Every `checkpoint_every` steps and at each epoch's end it saves a
+resume state (s2s.train_state, under s2s.checkpoint's key of its configs and data, outside DVC's outputs), so a
+killed run picks up where it stopped and finishes as if never interrupted. s2s.budget owns the time budget.
 
-On many processes (`s2s.distributed`, launched by torchrun) every rank builds
-the same global batches and trains on its own interleaved shard of each; the
-loss is normalised by the global batch's token count, so the averaged update
-is the one a single process would make on the whole batch. Rank 0 alone
-validates and writes; its results and decisions reach the others by
-broadcast. Knows nothing of DVC, Prefect or MLflow.
+On many processes (`s2s.distributed`, launched by torchrun) every rank builds the same global batches and
+trains on its own interleaved shard of each; the loss is normalised by the global batch's token count, so the
+averaged update is the one a single process would make on the whole batch. Rank 0 alone validates and writes;
+its results and decisions reach the others by broadcast. Knows nothing of DVC, Prefect or MLflow.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import json
 import logging
 import math
-import random
 import resource
 import shutil
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from s2s import allocator, checkpoint, distributed
-from s2s.batching import Batch, ParallelData, bucket_indices
+from s2s import allocator, checkpoint, distributed, selection
+from s2s.batching import Batch, TrainingData, bucket_indices
+from s2s.budget import Budget
 from s2s.config import EvaluateConfig, ModelConfig, TrainConfig
 from s2s.errors import Interrupted, S2SError
-from s2s.layout import MODEL_FILE, read_prepared
-from s2s.metrics import METRICS, Metric
+from s2s.layout import MODEL_FILE
+from s2s.metrics import METRICS
 from s2s.models import Seq2Seq, build_model
 from s2s.scoring import score
 from s2s.tokenizer import PAD, Tokenizers
+from s2s.train_records import EpochResult, TrainSummary, write_curve
+from s2s.train_state import TrainState, rng_state, seed_everything, set_rng_state
 from s2s.translate import Translator, resolve_device
 
 log = logging.getLogger(__name__)
-
-CURVE_FIELDS = ("epoch", "train_loss", "valid_loss", "valid_ppl", "valid_bleu", "valid_score", "tokens_per_second", "seconds")
 
 
 class TrainingError(S2SError, RuntimeError):
@@ -70,33 +62,6 @@ def request_stop(signum: int, frame: object = None) -> None:
     """A signal handler: finish the current update, save the resume state, raise Stopped."""
     global _stop_signal
     _stop_signal = signum
-
-
-@dataclass
-class EpochResult:
-    epoch: int
-    train_loss: float
-    valid_loss: float
-    valid_ppl: float
-    valid_bleu: float
-    valid_score: float  # train.select_metric on the validation sentences (= valid_bleu when that is bleu)
-    tokens_per_second: float
-    seconds: float
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def encode_split(tok: Tokenizers, prepared: Path, split: str, max_tokens: int) -> tuple[ParallelData, list[tuple[str, str]], int]:
-    """Tokenize a split once; pairs longer than `max_tokens` subwords are left out of training, and counted."""
-    pairs = read_prepared(prepared, split)
-    src = tok.encode_src([s for s, _ in pairs])
-    tgt = tok.encode_tgt([t for _, t in pairs])
-    keep = [i for i in range(len(pairs)) if 0 < len(src[i]) <= max_tokens and 0 < len(tgt[i]) <= max_tokens]
-    dropped = len(pairs) - len(keep)
-    return ParallelData([src[i] for i in keep], [tgt[i] for i in keep]), [pairs[i] for i in keep], dropped
 
 
 def batch_loss(model: Seq2Seq, batch: Batch, criterion: nn.Module, teacher_forcing: float) -> torch.Tensor:
@@ -136,23 +101,6 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-@dataclass
-class Progress:
-    """Where training stands; saved with the resume state so a killed run continues exactly."""
-
-    epoch: int = 1  # the epoch in progress
-    step: int = 0  # batches of that epoch already trained
-    tokens: int = 0
-    loss_sum: float = 0.0
-    loss_tokens: int = 0
-    epoch_seconds: float = 0.0
-    seconds: float = 0.0  # training wall time before the last resume state was saved
-    best_score: float | None = None  # train.select_metric of the kept checkpoint; None before the first validation
-    best_bleu: float = -1.0  # that checkpoint's validation BLEU
-    history: list[EpochResult] = field(default_factory=list)
-    updates: int = 0  # optimizer steps of the whole run
-
-
 def mean_tokens_per_second(history: list[EpochResult]) -> float:
     """Throughput over all epochs, each weighted by its duration (an epoch cut short by the budget counts less)."""
     seconds = sum(r.seconds for r in history)
@@ -166,39 +114,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def stop_early(scores: list[float], patience: int, direction: Metric = METRICS["bleu"]) -> bool:
-    """Early stopping: the last `patience` epochs brought no validation score better than the best before them."""
-    if not patience or len(scores) <= patience:
-        return False
-    return not direction.better(direction.best(scores[-patience:]), direction.best(scores[:-patience]))
-
-
-def improves(score: float, best: float | None, direction: Metric) -> bool:
-    """At least as good as the best so far (a tie keeps the later, longer-trained checkpoint)."""
-    return best is None or direction.gain(score, best) >= 0
-
-
-BUDGET_PROBE = 10  # updates timed before the time budget is checked against warm-up and the first epoch
-
-
-def budget_warnings(
-    max_minutes: float, elapsed: float, seconds_per_update: float, updates: int, warmup_steps: int, steps_per_epoch: int
-) -> list[str]:
-    """What a time budget cannot reach at the measured speed: the end of warm-up, the end of the first epoch."""
-    if not max_minutes or seconds_per_update <= 0:
-        return []
-    reachable = updates + int((60 * max_minutes - elapsed) / seconds_per_update)
-    speed = f"train.max_minutes={max_minutes:g} allows about {reachable} updates at the measured {seconds_per_update:.2f} s each"
-    out = []
-    if reachable < warmup_steps:
-        out.append(f"{speed}, fewer than train.warmup_steps={warmup_steps}: the learning rate never reaches its peak "
-                   "(lower warmup_steps or raise max_minutes)")  # fmt: skip
-    if reachable < steps_per_epoch:
-        out.append(f"{speed}, fewer than one epoch ({steps_per_epoch} updates): the model is validated only when the "
-                   "budget runs out, on part of the data (raise max_minutes or lower batch_tokens)")  # fmt: skip
-    return out
 
 
 def split_batch(index: list[int], target_tokens: int, world: distributed.World, parts: int) -> list[tuple[list[int], float]]:
@@ -220,16 +135,161 @@ def make_adam(model: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, **kernel)
 
 
-def resume_key(cfg: TrainConfig, model_cfg: ModelConfig, eval_cfg: EvaluateConfig, prepared: Path, tokenizer_dir: Path) -> str:
-    """What a resume state belongs to: the same configs, data and tokenizer, nothing else.
+def setup_device(cfg: TrainConfig, world: distributed.World) -> torch.device:
+    """The device this process trains on, its thread count and allocator."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world.enabled:
+        device = torch.device("cuda", world.local_rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif world.enabled and device.type == "cpu":  # ranks on one machine share its cores, not oversubscribe them
+        torch.set_num_threads(max(1, distributed.cpu_count() // world.local_world_size))
+    allocator.configure(cfg.malloc, device)
+    return device
 
-    The process layout is left out: a run killed on N processes may continue on M (the update is the same).
+
+def training_forward(
+    model: Seq2Seq, cfg: TrainConfig, world: distributed.World
+) -> tuple[DistributedDataParallel | None, nn.Module]:
+    """The DDP wrapper (on many processes) and the module the training forward pass runs, compiled if asked.
+
+    DDP averages gradients across ranks while backward runs; buffers (position tables) never change, so no broadcast
+    of them. The compiled module only runs the training forward pass; saving and decoding use the plain one.
     """
-    configs = [cfg.model_dump(exclude={"distributed"}), model_cfg.model_dump(), eval_cfg.model_dump()]
-    digest = hashlib.sha256(json.dumps(configs, sort_keys=True).encode())
-    for path in sorted([*prepared.glob("train.*"), *prepared.glob("valid.*"), *tokenizer_dir.glob("*")]):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:24]
+    ddp = DistributedDataParallel(model, forward_sync_buffers=False) if world.enabled else None
+    forward: nn.Module = ddp or model
+    return ddp, torch.compile(forward, dynamic=True) if cfg.compile else forward  # type: ignore[return-value]
+
+
+def patience_exhausted(state: TrainState, cfg: TrainConfig) -> bool:
+    """Rank 0's decision (the others get it by broadcast): stop early, `train.patience` epochs without progress."""
+    if selection.stop_early([r.valid_score for r in state.history], cfg.patience, METRICS[cfg.select_metric]):
+        log.info("no better validation %s for %d epochs: stopping early", cfg.select_metric, cfg.patience)
+        return True
+    return False
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast is a GPU feature; on CPU (oneDNN's LSTM has no bf16 kernel) training stays float32."""
+    if cfg.amp == "bf16" and device.type != "cuda":
+        log.warning("train.amp=bf16 applies to CUDA only; training in float32 on %s", device)
+    return cfg.amp == "bf16" and device.type == "cuda"
+
+
+def out_of_memory(epoch: int, step: int, batch: Batch, cfg: TrainConfig) -> TrainingError:
+    return TrainingError(
+        f"CUDA out of memory at epoch {epoch} step {step} (a micro-batch of {batch.src.numel() + batch.tgt_in.numel()} "
+        f"padded tokens): lower train.batch_tokens (now {cfg.batch_tokens}) or raise train.accumulate (now {cfg.accumulate})"
+    )
+
+
+def log_progress(
+    epoch: int,
+    epochs: int,
+    step: int,
+    steps: int,
+    s: TrainState,
+    lr: float,
+    epoch_seconds: float,
+    elapsed: float,
+    fraction: float,
+) -> None:
+    log.info(
+        "epoch %d/%d  step %d/%d  loss %.3f  lr %.2e  %.0f tok/s  elapsed %s  eta %s",
+        epoch, epochs, step, steps, s.loss_sum / s.loss_tokens, lr, s.tokens / epoch_seconds, _fmt_seconds(elapsed),
+        _fmt_seconds(elapsed * (1 - fraction) / max(fraction, 1e-9)),
+    )  # fmt: skip
+
+
+class KeptWeights:
+    """The model file's weights: an epoch's that replace the kept ones (s2s.selection decides), or the average of the
+    last epochs'. Saved by rank 0, with a copy next to the resume state (DVC clears the stage's outputs before a rerun)."""
+
+    def __init__(self, model: Seq2Seq, model_cfg: ModelConfig, cfg: TrainConfig, best_path: Path | None) -> None:
+        self.model, self.model_cfg, self.cfg, self.best_path = model, model_cfg, cfg, best_path
+        self.direction = METRICS[cfg.select_metric]
+        self.recent: list[dict[str, torch.Tensor]] = []  # last epochs' weights, for averaging
+        self.average_score: float | None = None  # the averaged weights' validation score, kept or not
+
+    def consider(self, state: TrainState, result: EpochResult, out_dir: Path, is_main: bool) -> None:
+        """Epoch `result.epoch` has validated: keep its weights if they replace the kept ones (every rank decides)."""
+        kept = selection.keep_epoch(state.kept, result.epoch, result.valid_score, result.valid_bleu, self.direction)
+        if kept is not None:
+            state.kept = kept
+            if is_main:
+                self.save(out_dir, {"epoch": result.epoch, "valid_bleu": kept.bleu, "valid_score": kept.score})
+                if self.best_path is not None:
+                    self.best_path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(out_dir / MODEL_FILE, self.best_path)
+        if is_main and self.cfg.average_last:
+            self.recent = [*self.recent, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}]
+            self.recent = self.recent[-self.cfg.average_last :]
+
+    def try_average(self, state: TrainState, out_dir: Path, valid_scores: Callable[[], tuple[float, float]]) -> None:
+        """Average the last epochs' weights (into the model); saved if they replace the kept weights."""
+        if len(self.recent) < 2:
+            return
+        averaged = {k: sum(sd[k].float() for sd in self.recent) / len(self.recent) for k in self.recent[0]}
+        self.model.load_state_dict({k: v.to(self.recent[-1][k].dtype) for k, v in averaged.items()})
+        bleu, self.average_score = valid_scores()
+        epochs = tuple(r.epoch for r in state.history[-len(self.recent) :])
+        kept = selection.keep_average(state.kept, epochs, self.average_score, bleu, self.direction)
+        log.info("average of epochs %d-%d: valid %s %.2f, kept weights %.2f: %s", epochs[0], epochs[-1],
+                 self.cfg.select_metric, self.average_score, state.kept.score if state.kept else float("nan"),
+                 "the average replaces them" if kept else "they stay")  # fmt: skip
+        if kept is not None:
+            state.kept = kept
+            self.save(out_dir, {"averaged_epochs": len(epochs), "valid_bleu": bleu, "valid_score": kept.score})
+
+    def restore(self, out_dir: Path) -> None:
+        """A resumed run: the weights kept before it was stopped back in `out_dir`, which DVC cleared."""
+        if self.best_path is not None and self.best_path.is_file():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.best_path, out_dir / MODEL_FILE)
+
+    def save(self, out_dir: Path, extra: dict[str, object]) -> None:
+        """The model with its config, and the training config that made it (the registry logs what trained)."""
+        extra = {**extra, "train_config": self.cfg.model_dump(mode="json")}
+        checkpoint.save(out_dir / MODEL_FILE, self.model, self.model_cfg, extra)
+
+
+@contextlib.contextmanager
+def all_local_cores(world: distributed.World, device: torch.device, cfg: TrainConfig) -> Iterator[None]:
+    """On CPU, rank 0 validates with the whole machine's threads: the other ranks only wait meanwhile."""
+    threads = torch.get_num_threads()
+    if world.is_main and world.enabled and device.type == "cpu" and not cfg.threads:
+        torch.set_num_threads(distributed.cpu_count())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def finish(trainer: Trainer, summary_path: Path) -> TrainSummary:
+    """The summary; rank 0 writes it and removes the resume state (nothing to resume, not even a save a kill cut short)."""
+    summary = summarize(trainer)
+    if trainer.world.is_main:
+        summary.write(summary_path)
+        for path in (trainer.resume_path, trainer.best_path):
+            if path is not None:
+                checkpoint.remove_with_partials(path)
+    return summary
+
+
+def summarize(trainer: Trainer) -> TrainSummary:
+    s, processes, kept = trainer.state, trainer.world.world_size, trainer.state.kept
+    assert kept is not None  # every run validates at least once
+    tokens_per_second = mean_tokens_per_second(s.history)
+    return TrainSummary(
+        epochs=len(s.history), select_metric=trainer.cfg.select_metric, best_valid_score=kept.score,
+        best_valid_bleu=kept.bleu, kept=kept.describe(), kept_epoch=kept.epoch,
+        average_valid_score=trainer.kept.average_score, updates=s.updates, resumed_at_update=trainer.resumed_at_update,
+        train_pairs=len(trainer.train_data), train_pairs_too_long=trainer.data.too_long,
+        parameters=trainer.model.num_parameters(), train_seconds=round(sum(r.seconds for r in s.history), 1),
+        tokens_per_second=round(tokens_per_second, 1), processes=processes,
+        tokens_per_second_per_process=round(tokens_per_second / processes, 1), device=str(trainer.device),
+        peak_memory_mb=round(peak_memory_mb(trainer.device), 1),
+    )  # fmt: skip
 
 
 class Trainer:
@@ -248,32 +308,16 @@ class Trainer:
         seed_everything(cfg.seed)
         self.world = world = world or distributed.World()
         self.cfg, self.model_cfg, self.eval_cfg = cfg, model_cfg, eval_cfg
-        self.direction = METRICS[cfg.select_metric]
-        self.device = resolve_device(cfg.device)
-        if self.device.type == "cuda" and world.enabled:
-            self.device = torch.device("cuda", world.local_rank)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        elif world.enabled and self.device.type == "cpu":  # ranks on one machine share its cores, not oversubscribe them
-            torch.set_num_threads(max(1, distributed.cpu_count() // world.local_world_size))
-        allocator.configure(cfg.malloc, self.device)
+        self.device = setup_device(cfg, world)
         self.tok = Tokenizers.load(tokenizer_dir)
-        self.train_data, _, self.too_long = encode_split(self.tok, prepared, "train", cfg.max_tokens)
-        valid_data, valid_pairs, _ = encode_split(self.tok, prepared, "valid", cfg.max_tokens)
-        if len(self.train_data) == 0:
-            raise TrainingError(f"no training pairs left: all {self.too_long} exceed train.max_tokens={cfg.max_tokens}")
-        if self.too_long:
-            log.warning("left out %d training pairs longer than train.max_tokens=%d subwords", self.too_long, cfg.max_tokens)
+        self.data = TrainingData.load(self.tok, prepared, cfg.max_tokens)
+        self.train_data = self.data.train
         self.model = build_model(model_cfg, self.tok.src.get_piece_size(), self.tok.tgt.get_piece_size()).to(self.device)
         log.info("model: %s, %.2fM parameters, device %s", model_cfg.arch, self.model.num_parameters() / 1e6, self.device)
         if world.rank:  # the same initial weights on every rank, but each its own dropout masks
             torch.manual_seed(cfg.seed * 1000 + world.rank)
-        self.progress = Progress()
-        self.clock = time.perf_counter()  # training started at this perf_counter() reading (moved back on resume)
-        self.shared_elapsed = 0.0  # rank 0's elapsed() at the last step: what every rank's budget and schedule go by
-        self.resumed_at_update = 0
-        self.probe: list[float] = []  # elapsed seconds after each of the first updates, for check_budget
-        self.stop_signal = 0
+        self.state, self.budget = TrainState(), Budget(cfg.max_minutes, world)
+        self.resumed_at_update, self.stop_signal = 0, 0
         self.steps_per_epoch = self.train_data.count_batches(cfg.batch_tokens)
         self.optimizer = make_adam(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -281,91 +325,78 @@ class Trainer:
         )
         # Summed, then divided by the global batch's token count: the same normalisation on 1 or N processes.
         self.criterion = nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=cfg.label_smoothing, reduction="sum")
-        self.valid_batches = valid_data.batches(cfg.batch_tokens, shuffle=False)
-        self.bleu_pairs = valid_pairs[: cfg.valid_bleu_sentences]
+        self.valid_batches = self.data.valid.batches(cfg.batch_tokens, shuffle=False)
+        self.bleu_pairs = self.data.valid_pairs[: cfg.valid_bleu_sentences]
         self.translator = Translator(self.model, self.tok, self.device)
-        # bf16 autocast is a GPU feature; on CPU (oneDNN's LSTM has no bf16 kernel) training stays float32.
-        self.amp = cfg.amp == "bf16" and self.device.type == "cuda"
-        if cfg.amp == "bf16" and not self.amp:
-            log.warning("train.amp=bf16 applies to CUDA only; training in float32 on %s", self.device)
-        # DDP averages gradients across ranks while backward runs; buffers (position tables) never change, so no
-        # broadcast of them. The compiled module only runs the training forward pass; saving and decoding use the plain one.
-        self.ddp = DistributedDataParallel(self.model, forward_sync_buffers=False) if world.enabled else None
-        forward_model = self.ddp or self.model
-        self.forward_model = torch.compile(forward_model, dynamic=True) if cfg.compile else forward_model
-        self.recent: list[dict[str, torch.Tensor]] = []  # last epochs' weights, for averaging
-        self.average: dict[str, Any] | None = None  # the averaged weights' epochs, valid score and whether they were kept
-        self.resume_path = self.best_path = None
-        if resume_dir is not None:
-            key = resume_key(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir)
-            self.resume_path, self.best_path = resume_dir / f"{key}.pt", resume_dir / f"{key}-best.pt"
-
-    # ------------------------------------------------------------------ resume state
-
-    def save_state(self) -> None:
-        """Save the resume state (rank 0 writes; every rank calls this, as it gathers each rank's RNG state)."""
-        if self.resume_path is None:
-            return
-        rng = self.world.gather(
-            {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": list(random.getstate()[1]),
-            }
+        self.amp = use_bf16(cfg, self.device)
+        self.ddp, self.forward_model = training_forward(self.model, cfg, world)
+        key = checkpoint.resume_key(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir) if resume_dir else ""
+        self.resume_path, self.best_path = (
+            (resume_dir / f"{key}.pt", resume_dir / f"{key}-best.pt") if resume_dir else (None, None)
         )
-        if not self.world.is_main:
-            return
-        p = self.progress
-        p.seconds = self.elapsed()
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
-            "progress": {**asdict(p), "history": [asdict(h) for h in p.history]},
-        }
-        checkpoint.atomic_torch_save(state, self.resume_path)
+        self.kept = KeptWeights(self.model, model_cfg, cfg, self.best_path)
 
-    def read_state(self) -> dict[str, object] | None:
-        if self.resume_path is None or not self.resume_path.is_file():
-            return None
-        try:
-            state = torch.load(self.resume_path, map_location="cpu", weights_only=True)
-            for key in ("model", "optimizer", "scheduler", "rng", "progress"):
-                state[key]
-        except (RuntimeError, OSError, EOFError, KeyError, ValueError, TypeError) as err:
-            log.warning("ignoring unreadable resume state %s: %s", self.resume_path, err)
-            return None
-        return state
+    def fit(self, out_dir: Path, curve_path: Path, summary_path: Path) -> TrainSummary:
+        cfg, world = self.cfg, self.world
+        if self.load_state():
+            self.resumed_at_update = self.state.updates
+            if world.is_main:
+                self.kept.restore(out_dir)
+        self.budget.start(self.state.seconds)  # the budget counts time before a resume too
+        while self.state.epoch <= cfg.epochs:
+            epoch = self.state.epoch
+            seconds = self.train_epoch(epoch)
+            # Rank 0 validates and writes; the others wait for its result, so every rank keeps the same history.
+            with all_local_cores(world, self.device, cfg):
+                result = self.validate(epoch, seconds) if world.is_main else None
+            result = world.broadcast(result)
+            self.state.history.append(result)
+            self.kept.consider(self.state, result, out_dir, world.is_main)
+            if world.is_main:
+                write_curve(curve_path, self.state.history)
+            self.state.next_epoch()
+            if world.broadcast(self.budget.out_of_time(self.budget.elapsed()) or patience_exhausted(self.state, cfg)):
+                break
+            if epoch < cfg.epochs:
+                self.save_state()
+                signum = world.broadcast(_stop_signal)  # asked to stop during validation: the state is saved, stop now
+                if signum:
+                    raise Stopped(signum, epoch + 1, 0)
+        if world.is_main:
+            self.kept.try_average(self.state, out_dir, self.valid_scores)
+        return finish(self, summary_path)
 
-    def load_state(self) -> bool:
-        """Continue from the resume state rank 0 reads; every rank gets the same one."""
-        state = self.world.broadcast(self.read_state() if self.world.is_main else None)
-        if state is None:
-            return False
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        progress = dict(state["progress"])
-        progress["history"] = [EpochResult(**h) for h in progress["history"]]
-        self.progress = Progress(**progress)
-        rank = self.world.rank
-        if rank < len(state["rng"]):
-            rng = state["rng"][rank]
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            random.setstate((3, tuple(rng["python"]), None))
-        else:  # saved by a run on fewer processes: a fresh stream for this rank, still reproducible
-            seed_everything(self.cfg.seed * 1000 + rank + 7919 * self.progress.step)
-        log.info("resuming from %s: epoch %d, step %d", self.resume_path, self.progress.epoch, self.progress.step)
-        return True
-
-    # --------------------------------------------------------------------- training
+    def train_epoch(self, epoch: int) -> float:
+        """Epoch `epoch`'s updates from where it stands (a resumed run mid-epoch); its seconds of training."""
+        cfg, s = self.cfg, self.state
+        self.model.train()
+        batches = self.epoch_batches(epoch)
+        report_every = max(1, len(batches) // 5)
+        start = time.perf_counter() - s.epoch_seconds
+        for step in range(s.step + 1, len(batches) + 1):
+            self.train_step(batches[step - 1], epoch, step)
+            s.step = step
+            for warning in self.budget.probe_update(s.updates, cfg.warmup_steps, self.steps_per_epoch):
+                log.warning(warning)
+            if self.stop_signal:
+                s.epoch_seconds = time.perf_counter() - start
+                self.save_state()
+                raise Stopped(self.stop_signal, epoch, step)
+            if self.budget.out_of_time(self.budget.agreed()):
+                log.info("train.max_minutes=%g reached at epoch %d step %d: validating and stopping",
+                         cfg.max_minutes, epoch, step)  # fmt: skip
+                break
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < len(batches):
+                s.epoch_seconds = time.perf_counter() - start
+                self.save_state()
+            if step % report_every == 0 or step == len(batches):
+                elapsed, fraction, lr = self.budget.elapsed(), self.run_fraction(), self.scheduler.get_last_lr()[0]
+                log_progress(epoch, cfg.epochs, step, len(batches), s, lr, time.perf_counter() - start, elapsed, fraction)
+        return time.perf_counter() - start
 
     def train_step(self, index: list[int], epoch: int, step: int) -> None:
         """One update on the global batch `index` (sentence positions in the training data)."""
-        cfg, p, world = self.cfg, self.progress, self.world
+        cfg, s, world = self.cfg, self.state, self.world
         self.optimizer.zero_grad(set_to_none=True)
         n_tgt = self.train_data.target_tokens(index)  # of the global batch: every rank knows it without communicating
         micro = split_batch(index, n_tgt, world, cfg.accumulate)
@@ -375,47 +406,36 @@ class Trainer:
             # Gradients are all-reduced after the last micro-batch only.
             sync = self.ddp.no_sync() if self.ddp is not None and k < len(micro) - 1 else contextlib.nullcontext()
             try:
-                with sync:
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                        loss = batch_loss(self.forward_model, batch, self.criterion, cfg.teacher_forcing)
-                    (loss * weight).backward()
+                with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    loss = batch_loss(self.forward_model, batch, self.criterion, cfg.teacher_forcing)  # type: ignore[arg-type]
+                (loss * weight).backward()
             except torch.cuda.OutOfMemoryError:
-                raise TrainingError(
-                    f"CUDA out of memory at epoch {epoch} step {step} (a micro-batch of "
-                    f"{batch.src.numel() + batch.tgt_in.numel()} padded tokens): lower train.batch_tokens "
-                    f"(now {cfg.batch_tokens}) or raise train.accumulate (now {cfg.accumulate})"
-                ) from None
+                raise out_of_memory(epoch, step, batch, cfg) from None
             if weight:
                 loss_sum += loss.detach().float()
         # One small all-reduce: the global loss (so every rank sees a NaN and stops at the same step), rank 0's clock
         # (so every rank's time budget and learning-rate schedule agree) and any rank's stop request (all stop).
-        elapsed = self.elapsed() if world.is_main else 0.0
-        total, self.shared_elapsed, stop = world.sum([float(loss_sum), elapsed, float(_stop_signal)], self.device)
+        elapsed = self.budget.elapsed() if world.is_main else 0.0
+        total, self.budget.shared, stop = world.sum([float(loss_sum), elapsed, float(_stop_signal)], self.device)
         self.stop_signal = _stop_signal or (int(signal.SIGTERM) if stop else 0)  # another rank was asked to stop
         if not math.isfinite(total):
             raise TrainingError(f"loss is {total} at epoch {epoch} step {step}; lower train.lr or check the data")
         nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
         self.scheduler.step()
-        p.tokens += n_tgt + self.train_data.source_tokens(index)
-        p.loss_sum += total
-        p.loss_tokens += n_tgt
-        p.updates += 1
+        s.tokens += n_tgt + self.train_data.source_tokens(index)
+        s.loss_sum += total
+        s.loss_tokens += n_tgt
+        s.updates += 1
 
     def validate(self, epoch: int, seconds: float) -> EpochResult:
-        p = self.progress
+        s = self.state
         valid_loss = validation_loss(self.model, self.valid_batches, self.device)
         valid_bleu, valid_score = self.valid_scores()
         result = EpochResult(
-            epoch,
-            round(p.loss_sum / max(p.loss_tokens, 1), 4),
-            round(valid_loss, 4),
-            round(math.exp(min(valid_loss, 50)), 3),
-            valid_bleu,
-            valid_score,
-            round(p.tokens / max(seconds, 1e-9), 1),
-            round(seconds, 1),
-        )
+            epoch, round(s.loss_sum / max(s.loss_tokens, 1), 4), round(valid_loss, 4), round(math.exp(min(valid_loss, 50)), 3),
+            valid_bleu, valid_score, round(s.tokens / max(seconds, 1e-9), 1), round(seconds, 1),
+        )  # fmt: skip
         chosen = "" if self.cfg.select_metric == "bleu" else f"  valid {self.cfg.select_metric} {valid_score:.2f}"
         log.info(
             "epoch %d done: train loss %.3f  valid loss %.3f  valid BLEU %.2f%s  %.0f tok/s  %.0f s",
@@ -433,185 +453,38 @@ class Trainer:
         """The global batches of `epoch` (sentence positions): the same on every rank, new for every epoch."""
         return bucket_indices(self.train_data.lengths(), self.cfg.batch_tokens, shuffle=True, seed=self.cfg.seed * 1000 + epoch)
 
-    def fit(self, out_dir: Path, curve_path: Path, summary_path: Path) -> dict[str, object]:
-        cfg, world = self.cfg, self.world
-        resumed = self.load_state()
-        self.resumed_at_update = self.progress.updates if resumed else 0
-        if resumed and world.is_main and self.best_path is not None and self.best_path.is_file():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.best_path, out_dir / MODEL_FILE)
-        self.clock = time.perf_counter() - self.progress.seconds  # the budget counts time before a resume too
-        self.shared_elapsed = self.progress.seconds
-        while self.progress.epoch <= cfg.epochs:
-            p, epoch = self.progress, self.progress.epoch
-            self.model.train()
-            batches = self.epoch_batches(epoch)
-            report_every = max(1, len(batches) // 5)
-            epoch_start = time.perf_counter() - p.epoch_seconds
-            for step in range(p.step + 1, len(batches) + 1):
-                self.train_step(batches[step - 1], epoch, step)
-                p.step = step
-                self.check_budget()
-                if self.stop_signal:
-                    p.epoch_seconds = time.perf_counter() - epoch_start
-                    self.save_state()
-                    raise Stopped(self.stop_signal, epoch, step)
-                if self.out_of_time(self.agreed_elapsed()):
-                    log.info(
-                        "train.max_minutes=%g reached at epoch %d step %d: validating and stopping", cfg.max_minutes, epoch, step
-                    )
-                    break
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < len(batches):
-                    p.epoch_seconds = time.perf_counter() - epoch_start
-                    self.save_state()
-                if step % report_every == 0 or step == len(batches):
-                    fraction, elapsed = self.run_fraction(), self.elapsed()
-                    log.info(
-                        "epoch %d/%d  step %d/%d  loss %.3f  lr %.2e  %.0f tok/s  elapsed %s  eta %s",
-                        epoch, cfg.epochs, step, len(batches), p.loss_sum / p.loss_tokens, self.scheduler.get_last_lr()[0],
-                        p.tokens / (time.perf_counter() - epoch_start), _fmt_seconds(elapsed),
-                        _fmt_seconds(elapsed * (1 - fraction) / max(fraction, 1e-9)),
-                    )  # fmt: skip
-            # Rank 0 validates and writes; the others wait for its result, so every rank keeps the same history.
-            with self.all_local_cores():
-                result = self.validate(epoch, time.perf_counter() - epoch_start) if world.is_main else None
-            result = world.broadcast(result)
-            p.history.append(result)
-            if improves(result.valid_score, p.best_score, self.direction):
-                p.best_score, p.best_bleu = result.valid_score, result.valid_bleu
-                if world.is_main:
-                    scores = {"valid_bleu": result.valid_bleu, "valid_score": result.valid_score}
-                    self.save_checkpoint(out_dir, {"epoch": epoch, **scores})
-                    if self.best_path is not None:  # DVC clears out_dir before a re-run; a resumed run needs this copy
-                        self.best_path.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(out_dir / MODEL_FILE, self.best_path)
-            if world.is_main:
-                write_curve(curve_path, p.history)
-                self.remember_weights()
-            self.progress = Progress(epoch=epoch + 1, best_score=p.best_score, best_bleu=p.best_bleu, history=p.history,
-                                     updates=p.updates)  # fmt: skip
-            if world.broadcast(self.out_of_time(self.elapsed()) or self.patience_exhausted()):  # rank 0 decides
-                break
-            if epoch < cfg.epochs:
-                self.save_state()
-                signum = world.broadcast(_stop_signal)  # asked to stop during validation: the state is saved, stop now
-                if signum:
-                    raise Stopped(signum, epoch + 1, 0)
-        if world.is_main:
-            self.try_average(out_dir)
-        return self.finish(summary_path)
-
-    @contextlib.contextmanager
-    def all_local_cores(self) -> Iterator[None]:
-        """On CPU, rank 0 validates with the whole machine's threads: the other ranks only wait meanwhile."""
-        threads = torch.get_num_threads()
-        if self.world.is_main and self.world.enabled and self.device.type == "cpu" and not self.cfg.threads:
-            torch.set_num_threads(distributed.cpu_count())
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-
-    def save_checkpoint(self, out_dir: Path, extra: dict[str, object]) -> None:
-        """The model with its config, and the training config that made it (the registry logs what trained)."""
-        extra = {**extra, "train_config": self.cfg.model_dump(mode="json")}
-        checkpoint.save(out_dir / MODEL_FILE, self.model, self.model_cfg, extra)
-
-    def elapsed(self) -> float:
-        """Seconds of training so far, across resumes."""
-        return time.perf_counter() - self.clock
-
-    def check_budget(self) -> None:
-        """Once, after the first BUDGET_PROBE updates of this process: warn of a budget too short for the run."""
-        self.probe.append(self.agreed_elapsed())
-        if len(self.probe) != BUDGET_PROBE + 1 or not self.world.is_main:
-            return
-        per_update = (self.probe[-1] - self.probe[0]) / BUDGET_PROBE
-        cfg = self.cfg
-        for warning in budget_warnings(
-            cfg.max_minutes, self.probe[-1], per_update, self.progress.updates, cfg.warmup_steps, self.steps_per_epoch
-        ):
-            log.warning(warning)
-
-    def agreed_elapsed(self) -> float:
-        """Training seconds that every rank agrees on: this clock on one process, rank 0's at the last step on many."""
-        return self.shared_elapsed if self.world.enabled else self.elapsed()
-
     def run_fraction(self) -> float:
         """How much of the run is done: steps over `epochs` epochs, or the time budget if that is further along."""
-        p = self.progress
-        fraction = ((p.epoch - 1) * self.steps_per_epoch + p.step) / (self.cfg.epochs * self.steps_per_epoch)
-        if self.cfg.max_minutes:
-            fraction = max(fraction, self.agreed_elapsed() / (60 * self.cfg.max_minutes))
-        return min(fraction, 1.0)
+        s = self.state
+        steps = ((s.epoch - 1) * self.steps_per_epoch + s.step) / (self.cfg.epochs * self.steps_per_epoch)
+        return min(max(steps, self.budget.fraction()), 1.0)
 
-    def out_of_time(self, elapsed: float) -> bool:
-        return bool(self.cfg.max_minutes) and elapsed > 60 * self.cfg.max_minutes
+    # ------------------------------------------------------------------ resume state
 
-    def patience_exhausted(self) -> bool:
-        if stop_early([r.valid_score for r in self.progress.history], self.cfg.patience, self.direction):
-            log.info("no better validation %s for %d epochs: stopping early", self.cfg.select_metric, self.cfg.patience)
-            return True
-        return False
+    def save_state(self) -> None:
+        """Save the resume state (rank 0 writes; every rank calls this, as it gathers each rank's RNG state)."""
+        rng = self.world.gather(rng_state()) if self.resume_path is not None else []
+        if self.resume_path is not None and self.world.is_main:
+            self.state.seconds = self.budget.elapsed()
+            parts = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "progress": self.state}
+            checkpoint.atomic_torch_save({**{k: v.state_dict() for k, v in parts.items()}, "rng": rng}, self.resume_path)
 
-    def remember_weights(self) -> None:
-        if self.cfg.average_last:
-            self.recent = [*self.recent, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}]
-            self.recent = self.recent[-self.cfg.average_last :]
-
-    def try_average(self, out_dir: Path) -> None:
-        """Average the last epochs' weights; keep the average only if it validates better than the best epoch."""
-        if len(self.recent) < 2:
-            return
-        averaged = {k: sum(sd[k].float() for sd in self.recent) / len(self.recent) for k in self.recent[0]}
-        self.model.load_state_dict({k: v.to(self.recent[-1][k].dtype) for k, v in averaged.items()})
-        bleu, value = self.valid_scores()
-        p, name = self.progress, self.cfg.select_metric
-        kept = p.best_score is None or self.direction.better(value, p.best_score)
-        epochs = [r.epoch for r in p.history[-len(self.recent) :]]
-        self.average = {"epochs": epochs, "valid_score": value, "kept": kept}
-        log.info("average of epochs %d-%d: valid %s %.2f, best epoch %.2f: %s kept", epochs[0], epochs[-1], name, value,
-                 p.best_score, "the average is" if kept else "the best epoch's weights are")  # fmt: skip
-        if kept:
-            p.best_score, p.best_bleu = value, bleu
-            self.save_checkpoint(out_dir, {"averaged_epochs": len(self.recent), "valid_bleu": bleu, "valid_score": value})
-
-    def finish(self, summary_path: Path) -> dict[str, object]:
-        history, processes = self.progress.history, self.world.world_size
-        best = self.direction.best(r.valid_score for r in history)
-        best_epoch = max(r.epoch for r in history if r.valid_score == best)  # the latest of tied epochs
-        tokens_per_second = mean_tokens_per_second(history)
-        average = self.average
-        kept = f"average of epochs {average['epochs'][0]}-{average['epochs'][-1]}" if average and average["kept"] else \
-            f"epoch {best_epoch}"  # fmt: skip
-        summary: dict[str, object] = {
-            "epochs": len(history),
-            "select_metric": self.cfg.select_metric,
-            "best_valid_score": self.progress.best_score,  # of the kept checkpoint
-            "best_valid_bleu": self.progress.best_bleu,
-            "best_epoch": best_epoch,  # the best single epoch
-            "kept": kept,  # whose weights artifacts/model holds
-            "average_valid_score": average["valid_score"] if average else None,  # train.average_last's, kept or not
-            "updates": self.progress.updates,
-            "resumed_at_update": self.resumed_at_update,  # 0: trained in one go
-            "train_pairs": len(self.train_data),
-            "train_pairs_too_long": self.too_long,
-            "parameters": self.model.num_parameters(),
-            "train_seconds": round(sum(r.seconds for r in history), 1),
-            "tokens_per_second": round(tokens_per_second, 1),  # all processes together
-            "processes": processes,
-            "tokens_per_second_per_process": round(tokens_per_second / processes, 1),
-            "device": str(self.device),
-            "peak_memory_mb": round(peak_memory_mb(self.device), 1),  # rank 0's
-        }
-        if not self.world.is_main:
-            return summary
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-        for path in (self.resume_path, self.best_path):
-            if path is not None:
-                checkpoint.remove_with_partials(path)  # finished: nothing to resume, not even a save a kill cut short
-        return summary
+    def load_state(self) -> bool:
+        """Continue from the resume state rank 0 reads; every rank gets the same one."""
+        state = self.world.broadcast(
+            checkpoint.read_resume(self.resume_path) if self.world.is_main and self.resume_path else None
+        )
+        if state is None:
+            return False
+        for name, part in (("model", self.model), ("optimizer", self.optimizer), ("scheduler", self.scheduler),
+                           ("progress", self.state)):  # fmt: skip
+            part.load_state_dict(state[name])
+        if self.world.rank < len(state["rng"]):
+            set_rng_state(state["rng"][self.world.rank])
+        else:  # saved by a run on fewer processes: a fresh stream for this rank, still reproducible
+            seed_everything(self.cfg.seed * 1000 + self.world.rank + 7919 * self.state.step)
+        log.info("resuming from %s: epoch %d, step %d", self.resume_path, self.state.epoch, self.state.step)
+        return True
 
 
 def train(
@@ -625,15 +498,7 @@ def train(
     summary_path: Path,
     resume_dir: Path | None = None,
     world: distributed.World | None = None,
-) -> dict[str, object]:
-    """Train, validate every epoch, keep the best checkpoint; resumes a killed run from `resume_dir`."""
+) -> TrainSummary:
+    """Train, validate every epoch, keep the best weights; resumes a killed run from `resume_dir`."""
     trainer = Trainer(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir, resume_dir, world)
     return trainer.fit(out_dir, curve_path, summary_path)
-
-
-def write_curve(path: Path, history: list[EpochResult]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CURVE_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in history)

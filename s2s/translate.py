@@ -15,7 +15,7 @@ import torch
 
 from s2s import checkpoint
 from s2s.batching import pad
-from s2s.config import EvaluateConfig
+from s2s.config import DecodingConfig
 from s2s.models import Seq2Seq
 from s2s.search import Hypothesis, translate_ids
 from s2s.tokenizer import Tokenizers
@@ -76,7 +76,7 @@ class Translator:
     def nbest(
         self,
         sources: list[str],
-        cfg: EvaluateConfig,
+        cfg: DecodingConfig,
         n: int = 1,
         progress: Callable[[int], None] | None = None,
     ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
@@ -87,7 +87,7 @@ class Translator:
         for index in length_batches(ids, cfg.batch_size):
             src = pad([ids[i] for i in index]).to(self.device)
             src_len = torch.tensor([len(ids[i]) for i in index], device=self.device)
-            hyps = translate_ids(self.model, src, src_len, cfg.beam_size, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, n)
+            hyps = translate_ids(self.model, src, src_len, cfg.beam_for(n), cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, n)
             for i, hyp in zip(index, hyps, strict=True):
                 results[i] = hyp
             if progress is not None:
@@ -95,22 +95,22 @@ class Translator:
         return ids, results
 
     def hypotheses(
-        self, sources: list[str], cfg: EvaluateConfig, progress: Callable[[int], None] | None = None
+        self, sources: list[str], cfg: DecodingConfig, progress: Callable[[int], None] | None = None
     ) -> tuple[list[list[int]], list[Hypothesis]]:
         """Source ids and the best hypothesis for each sentence, in input order."""
         ids, results = self.nbest(sources, cfg, 1, progress)
         return ids, [r[0] for r in results]
 
-    def translate_nbest(self, sources: list[str], n: int, cfg: EvaluateConfig | None = None) -> list[list[str]]:
-        _, results = self.nbest(sources, cfg or EvaluateConfig(), n)
+    def translate_nbest(self, sources: list[str], n: int, cfg: DecodingConfig | None = None) -> list[list[str]]:
+        _, results = self.nbest(sources, cfg or DecodingConfig(), n)
         return [self.tok.decode_tgt([h.tokens for h in hyps]) for hyps in results]
 
-    def translate(self, sources: list[str], cfg: EvaluateConfig | None = None) -> list[str]:
-        _, hyps = self.hypotheses(sources, cfg or EvaluateConfig())
+    def translate(self, sources: list[str], cfg: DecodingConfig | None = None) -> list[str]:
+        _, hyps = self.hypotheses(sources, cfg or DecodingConfig())
         return self.tok.decode_tgt([h.tokens for h in hyps])
 
-    def translate_with_attention(self, sources: list[str], cfg: EvaluateConfig | None = None) -> list[Translation]:
-        ids, hyps = self.hypotheses(sources, cfg or EvaluateConfig())
+    def translate_with_attention(self, sources: list[str], cfg: DecodingConfig | None = None) -> list[Translation]:
+        ids, hyps = self.hypotheses(sources, cfg or DecodingConfig())
         texts = self.tok.decode_tgt([h.tokens for h in hyps])
         return [
             Translation(

@@ -11,6 +11,7 @@ import torch
 from s2s import evaluate, layout, tokenizer
 from s2s.config import ConfigError, EvaluateConfig, ModelConfig, RNNConfig, TokenizerConfig, parse_params
 from s2s.corpus import generate_pairs
+from s2s.eval_records import EvalReport
 from s2s.models import build_model
 from s2s.scoring import score
 from s2s.tokenizer import Tokenizers
@@ -31,14 +32,25 @@ def test_also_scores_each_other_decoding_beside_the_served_one(tmp_path: Path) -
 
     metrics = evaluate.run(cfg, translator, tmp_path / "prepared", tmp_path / "eval.json", tmp_path / "hyps.tsv")
 
-    assert metrics["decoding"] == "beam3" and list(metrics["also"]) == ["greedy", "beam2"]  # beam3 is the served one
+    assert metrics.decoding == "beam3" and list(metrics.also) == ["greedy", "beam2"]  # beam3 is the served one
     greedy = translator.translate([s for s, _ in test], cfg.model_copy(update={"beam_size": 1}))
     expected = score(greedy, [t for _, t in test])
-    assert {k: metrics["also"]["greedy"][k] for k in ("bleu", "chrf", "ter", "rougeL")} == {
+    assert {k: metrics.also["greedy"].score(k) for k in ("bleu", "chrf", "ter", "rougeL")} == {
         k: expected[k] for k in ("bleu", "chrf", "ter", "rougeL")
     }
-    assert metrics["also"]["beam2"]["beam_size"] == 2 and metrics["also"]["greedy"]["beam_size"] == 1
-    assert json.loads((tmp_path / "eval.json").read_text())["also"] == metrics["also"]
+    assert metrics.also["beam2"].beam_size == 2 and metrics.also["greedy"].beam_size == 1
+    assert EvalReport.read(tmp_path / "eval.json") == metrics  # the file reads back as written
+    assert list(json.loads((tmp_path / "eval.json").read_text())["also"]["greedy"]) == [
+        "bleu",
+        "chrf",
+        "ter",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "beam_size",
+        "decode_seconds",
+        "sentences_per_second",
+    ]
 
 
 def test_also_accepts_greedy_and_beam_sizes_only() -> None:
@@ -46,3 +58,14 @@ def test_also_accepts_greedy_and_beam_sizes_only() -> None:
     for bad in ("beam1", "beam", "sampling"):
         with pytest.raises(ConfigError, match=r"evaluate.also.0: String should match pattern"):
             parse_params({"evaluate": {"also": [bad]}})
+
+
+def test_length_buckets_score_each_source_length_on_its_own() -> None:
+    sources = ["a " * 5, "b " * 15, "c " * 25, "d " * 8]
+    references = ["ein großer Hund läuft über die Wiese", "zwei kleine Katzen schlafen auf dem Sofa",
+                  "ein Mann fährt mit dem Rad nach Hause", "die Sonne scheint heute den ganzen Tag"]  # fmt: skip
+    hypotheses = [references[0], references[1], "nichts", references[3]]
+    buckets = evaluate.length_buckets(sources, hypotheses, references)
+    assert list(buckets) == ["1-10", "11-20", ">20"]  # shortest first
+    assert [b["sentences"] for b in buckets.values()] == [2, 1, 1]
+    assert buckets["1-10"]["bleu"] == buckets["11-20"]["bleu"] == 100.0 and buckets[">20"]["bleu"] == 0.0

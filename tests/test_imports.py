@@ -39,18 +39,51 @@ def test_entry_point_imports(module: str) -> None:
     importlib.import_module(module)
 
 
-def test_prefect_server_app_builds() -> None:
+def test_prefect_server_app_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}")
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.server.api.server import create_app
 
-    assert create_app(ephemeral=True) is not None
+    with TestClient(create_app(ephemeral=True)) as client:  # its start-up creates the database
+        health = client.get("/api/health")
+        flows = client.post("/api/flows/filter", json={})
+    assert (health.status_code, health.json()) == (200, True)
+    assert flows.status_code == 200 and flows.json() == []
 
 
-def test_library_never_imports_prefect_and_only_registry_imports_mlflow() -> None:
-    for path in sorted((REPO / "s2s").rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-        names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-        rel = path.relative_to(REPO)
-        assert "prefect" not in names, f"{rel} imports prefect"
-        if rel.as_posix() != "s2s/registry.py":
-            assert "mlflow" not in names, f"{rel} imports mlflow"
+def imported(path: Path) -> set[str]:
+    """Every module `path` imports, at the top or inside a function, by its top-level package."""
+    tree = ast.parse(path.read_text())
+    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
+# The library's modules that talk to MLflow: the registry and a sweep's runs.
+MLFLOW_MODULES = {"s2s/registry.py", "s2s/sweep_runs.py"}
+
+
+def test_flows_is_orchestration_and_the_library_knows_nothing_of_it() -> None:
+    """flows/ holds exactly the modules that import Prefect; s2s/ and ops/ never import Prefect or flows."""
+    for path in sorted((REPO / "flows").glob("*.py")):
+        if path.name != "__init__.py":
+            assert "prefect" in imported(path), f"{path.relative_to(REPO)} does not import prefect: it belongs in s2s/ or ops/"
+    for package in ("s2s", "ops"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            rel, names = path.relative_to(REPO).as_posix(), imported(path)
+            assert not names & {"prefect", "flows"}, f"{rel} imports {sorted(names & {'prefect', 'flows'})}"
+            assert package == "ops" or "ops" not in names, f"{rel} imports ops (the stack runs s2s, not the reverse)"
+            if rel not in MLFLOW_MODULES and package == "s2s":
+                assert "mlflow" not in names, f"{rel} imports mlflow"
+
+
+def test_no_stage_imports_mlflow_or_optuna() -> None:
+    """The DVC stages' code (their import graph, as dvc.yaml lists it) runs without the registry or the sweep."""
+    from test_layout import dvc_yaml, expand
+
+    for name, spec in dvc_yaml()["stages"].items():
+        code, _ = expand(spec["deps"])
+        for dep in sorted(code):
+            assert not imported(REPO / dep) & {"mlflow", "optuna", "prefect"}, f"stage {name} runs {dep}, which imports them"

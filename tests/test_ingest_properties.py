@@ -7,6 +7,7 @@ import gzip
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,3 +68,24 @@ def test_ingest_never_crashes_and_accounts_for_every_line(
         assert s.read == s.kept + sum(s.dropped.values()) + sum(s.moved.values())
         assert all(splits[name] for name in ("train", "valid", "test"))
         assert len(splits["train"]) == s.kept
+
+
+GOOD = [f"sentence number {i} is here".encode() for i in range(12)]
+
+
+@pytest.mark.parametrize(("tsv", "gz"), [(False, False), (False, True), (True, False), (True, True)])
+def test_clean_input_in_every_format_is_ingested_whole(tsv: bool, gz: bool) -> None:
+    """The cases the property above must not get by raising: clean, distinct pairs always ingest."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        targets = [line.replace(b"sentence", b"Satz") for line in GOOD]
+        if tsv:
+            train = {"tsv": str(_write(root / "train.tsv", [s + b"\t" + t for s, t in zip(GOOD, targets, strict=True)], gz))}
+        else:
+            train = {"src": str(_write(root / "train.en", GOOD, gz)), "tgt": str(_write(root / "train.de", targets, gz))}
+        raw = {"ingest": {"corpus": "files", "files": {"train": train}, "holdout": {"valid": 1, "test": 1}}}
+        splits, stats = build_splits(parse_params(raw).ingest, root, root / "dl")
+        assert (stats["train"].read, stats["train"].kept, len(splits["valid"]), len(splits["test"])) == (12, 10, 1, 1)
+        assert sorted(splits["train"] + splits["valid"] + splits["test"]) == sorted(
+            zip((s.decode() for s in GOOD), (t.decode() for t in targets), strict=True)
+        )

@@ -176,7 +176,7 @@ def test_dvc_yaml_plots_read_the_train_curve() -> None:
 def locked_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace whose dvc.lock records placeholder outputs: `dvc commit` hashes deps and outs without running
     anything, which is all a test of the deps needs."""
-    from flows.workspace import make_workspace, run
+    from s2s.workspace import make_workspace, run
 
     ws = make_workspace(tmp_path_factory.mktemp("layout") / "ws", {})
     for stage in layout.STAGES:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, multi30k_or_skip
+from support import REPO, multi30k
 
 from s2s.config import load_params
 from s2s.ingest import build_splits
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.multi30k
 
 
 def test_preset_ingests_multi30k(tmp_path: Path) -> None:
-    multi30k_or_skip()
+    multi30k()
     params = load_params(REPO / "presets/multi30k.yaml")
     splits, stats = build_splits(params.ingest, REPO, tmp_path / "downloads")
     assert (stats["train"].read, stats["valid"].read, stats["test"].read) == (29000, 1014, 1000)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import BIN, REPO, TINY_PARAMS, clean_env, free_port, make_workspace, start, stop, wait_http
+from support import BIN, REPO, TINY_PARAMS, clean_env, free_port, make_workspace, start, stop, wait_http
 
 pytestmark = pytest.mark.slow
 

@@ -6,16 +6,19 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import TINY_PARAMS, deep_merge, make_workspace, run
+from support import TINY_PARAMS, deep_merge, make_workspace, mlflow_uris, run
 
-from flows.workspace import GIT
 from s2s import checkpoint, layout
 from s2s.metrics import METRIC_NAMES
+from s2s.promotion import ExportOutcome
+from s2s.train_records import TrainSummary
+from s2s.workspace import GIT
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +72,7 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     ws = make_workspace(tmp_path / "ws", TINY_PARAMS)
 
     first = pipeline(workspace=str(ws))
-    assert first["stages_ran"] == {"ingest": True, "tokenizer": True, "train": True, "evaluate": True}
+    assert first.stages_ran == {"ingest": True, "tokenizer": True, "train": True, "evaluate": True}
     for path in (
         "data/prepared/train.src",
         "data/prepared/test.tgt",
@@ -92,8 +95,8 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
         versions[0]["git.commit"]
         == subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
     )
-    assert first["registered"]["created"] is True
-    assert first["gate"]["decision"] == "promoted" and first["gate"]["reason"] == "first version: no champion yet"
+    assert first.registered.created is True
+    assert first.gate.decision == "promoted" and first.gate.reason == "first version: no champion yet"
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
@@ -129,21 +132,26 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
 
     # Nothing changed: every stage skipped, nothing registered.
     second = pipeline(workspace=str(ws))
-    assert not any(second["stages_ran"].values())
-    assert second["registered"] == {**first["registered"], "created": False}
-    assert second["gate"]["decision"] == "unchanged (promoted)"
+    assert not any(second.stages_ran.values())
+    assert second.registered == replace(first.registered, created=False)
+    assert second.gate.decision == "unchanged (promoted)"
     assert len(_versions(ws)) == 1
 
     # One training param changed: only train and evaluate run, and a new version appears.
     params = yaml.safe_load((ws / "params.yaml").read_text())
     (ws / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, {"train": {"lr": 0.004}}), sort_keys=False))
     third = pipeline(workspace=str(ws))
-    assert third["stages_ran"] == {"ingest": False, "tokenizer": False, "train": True, "evaluate": True}
+    assert third.stages_ran == {"ingest": False, "tokenizer": False, "train": True, "evaluate": True}
     versions = _versions(ws)
     assert [v["version"] for v in versions] == ["1", "2"]
     assert versions[0]["s2s.lineage"] != versions[1]["s2s.lineage"]
     # The gate compared v2 with champion v1 on the same test set and wrote why.
-    assert third["gate"]["decision"] in ("promoted", "rejected")
+    # The verdict follows from the two test scores and the margin (promote.margin 0: any gain above the floor wins).
+    gate = third.gate
+    assert gate.champion_version == "1" and gate.challenger is not None and gate.champion is not None
+    wins = gate.challenger - gate.champion > 0 and gate.challenger > third.metrics.copy_source_bleu
+    assert gate.decision == ("promoted" if wins else "rejected")
+    assert gate.challenger == third.metrics.bleu and gate.champion == first.metrics.bleu
     assert versions[1]["s2s.gate.champion_version"] == "1"
     assert versions[1]["s2s.gate.reason"].startswith("bleu ")
     commit_run(ws, "v2")
@@ -152,7 +160,7 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(ws), str(clone)], tmp_path)
     run([sys.executable, "-m", "dvc", "pull"], clone)
-    from flows.pipeline import stale_stages
+    from s2s.dvc import stale_stages
 
     assert stale_stages(clone, *layout.STAGE_NAMES) == set()
     assert "Running stage" not in run([sys.executable, "-m", "dvc", "repro"], clone).stdout
@@ -207,7 +215,7 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     )
     assert output.read_text().splitlines() == translations
     # ...and so does the registered model through any models:/ URI, here the version by alias.
-    champion = "1" if third["gate"]["decision"] == "rejected" else "2"
+    champion = "1" if third.gate.decision == "rejected" else "2"
     registry = f"sqlite:///{ws / 'mlflow.db'}"
     assert main(["translate", "--model", f"models:/s2s-builtin-en-de/{champion}", "--tracking-uri", registry,
                  "--input", str(tmp_path / "in.txt"), "--output", str(output)]) == 0  # fmt: skip
@@ -232,7 +240,8 @@ def test_failing_stage_fails_the_flow_with_its_error(tmp_path: Path, prefect_hom
 
 
 def test_second_run_in_the_same_workspace_is_refused(tmp_path: Path, prefect_home: None) -> None:
-    from flows.pipeline import pipeline, workspace_lock
+    from flows.pipeline import pipeline
+    from s2s.workspace import workspace_lock
 
     ws = make_workspace(tmp_path / "ws", TINY_PARAMS)
     with workspace_lock(ws):  # a run in progress
@@ -263,8 +272,8 @@ def test_unreachable_registry_fails_clearly_and_the_next_run_registers_without_t
     params["registry"]["tracking_uri"] = "sqlite:///mlflow.db"  # MLflow is back
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = pipeline(workspace=str(ws))
-    assert not any(result["stages_ran"].values())
-    assert result["registered"]["created"] is True and result["registered"]["version"] == "1"
+    assert not any(result.stages_ran.values())
+    assert result.registered.created is True and result.registered.version == "1"
 
 
 def test_editing_one_line_of_own_raw_data_reruns_ingest_and_everything_after(tmp_path: Path, prefect_home: None) -> None:
@@ -279,18 +288,18 @@ def test_editing_one_line_of_own_raw_data_reruns_ingest_and_everything_after(tmp
     (ws / raw["tgt"]).write_text("".join(t + "\n" for _, t in pairs))
 
     first = pipeline(workspace=str(ws))
-    assert all(first["stages_ran"].values())
+    assert all(first.stages_ran.values())
     # The flow versioned the raw files with DVC (pushed with the rest), and git ignores the data itself.
     assert (ws / f"{raw['tgt']}.dvc").is_file()
     assert run(["git", "check-ignore", raw["tgt"]], ws).stdout.strip() == raw["tgt"]
-    assert not any(pipeline(workspace=str(ws))["stages_ran"].values())
+    assert not any(pipeline(workspace=str(ws)).stages_ran.values())
 
     lines = (ws / raw["tgt"]).read_text().splitlines()
     lines[10] = lines[10].replace(".", " heute.")
     (ws / raw["tgt"]).write_text("".join(line + "\n" for line in lines))
     third = pipeline(workspace=str(ws))
-    assert third["stages_ran"] == {"ingest": True, "tokenizer": True, "train": True, "evaluate": True}
-    assert third["registered"]["created"] is True and third["registered"]["version"] == "2"
+    assert third.stages_ran == {"ingest": True, "tokenizer": True, "train": True, "evaluate": True}
+    assert third.registered.created is True and third.registered.version == "2"
     tracked = yaml.safe_load((ws / f"{raw['tgt']}.dvc").read_text())["outs"][0]["md5"]
     assert tracked == hashlib.md5((ws / raw["tgt"]).read_bytes()).hexdigest()  # the edit is what DVC versioned
     assert (tmp_path / "s2s-dvc-remote" / "files" / "md5" / tracked[:2] / tracked[2:]).is_file()  # ...and pushed
@@ -323,11 +332,11 @@ def test_junk_first_model_is_never_champion_and_a_better_one_is(tmp_path: Path, 
     junk = {"train": {"max_minutes": 0.0001, "epochs": 1, "lr": 1e-6}}
     ws = make_workspace(tmp_path / "ws", deep_merge(TINY_PARAMS, junk))
     first = pipeline(workspace=str(ws))  # the budget runs out after one update, too small to move the weights: a junk model
-    metrics = first["metrics"]
-    assert first["gate"]["decision"] == "rejected"
-    assert first["gate"]["reason"] == (
-        f"bleu {metrics['bleu']:.2f} is not better than the floor {metrics['copy_source_bleu']:.2f} "
-        f"(bleu of copying the source {metrics['copy_source_bleu']:.2f}, promote.min_score 0.00)"
+    metrics = first.metrics
+    assert first.gate.decision == "rejected"
+    assert first.gate.reason == (
+        f"bleu {metrics.bleu:.2f} is not better than the floor {metrics.copy_source_bleu:.2f} "
+        f"(bleu of copying the source {metrics.copy_source_bleu:.2f}, promote.min_score 0.00)"
     )
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
@@ -337,12 +346,12 @@ def test_junk_first_model_is_never_champion_and_a_better_one_is(tmp_path: Path, 
     trained = {"train": {"max_minutes": 0, "epochs": 3, "lr": TINY_PARAMS["train"]["lr"]}}
     (ws / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, trained)))
     second = pipeline(workspace=str(ws))
-    assert second["gate"]["decision"] == "promoted", second["gate"]["reason"]
+    assert second.gate.decision == "promoted", second.gate.reason
     assert str(get_alias(client, "s2s-builtin-en-de", CHAMPION).version) == "2"
     # The gate took the challenger's score from the evaluate stage (same model, decoding, test set) and cached it.
     pairs = layout.read_prepared(ws / layout.PREPARED_DIR, "test")
     tag = score_tag([s for s, _ in pairs], [t for _, t in pairs], "bleu")
-    assert float(client.get_model_version("s2s-builtin-en-de", "2").tags[tag]) == second["metrics"]["bleu"]
+    assert float(client.get_model_version("s2s-builtin-en-de", "2").tags[tag]) == second.metrics.bleu
 
 
 def test_a_model_of_other_languages_is_refused_under_the_same_name_and_is_v1_of_its_own_under_the_default_name(
@@ -356,7 +365,7 @@ def test_a_model_of_other_languages_is_refused_under_the_same_name_and_is_v1_of_
 
     ws = make_workspace(tmp_path / "ws", deep_merge(TINY_PARAMS, {"remote": {"push": False}}))
     first = pipeline(workspace=str(ws))  # the generated corpus, en->de: s2s-builtin-en-de v1, champion
-    assert first["registered"]["name"] == "s2s-builtin-en-de" and first["gate"]["decision"] == "promoted"
+    assert first.registered.name == "s2s-builtin-en-de" and first.gate.decision == "promoted"
 
     # Own data in the other direction, German->English, registered under the same name by hand.
     raw = {"src": f"{layout.RAW_DIR}/train.de", "tgt": f"{layout.RAW_DIR}/train.en"}
@@ -368,9 +377,9 @@ def test_a_model_of_other_languages_is_refused_under_the_same_name_and_is_v1_of_
     mine = deep_merge(params, {"ingest": own, "registry": {"model_name": "s2s-builtin-en-de"}})
     (ws / "params.yaml").write_text(yaml.safe_dump(mine, sort_keys=False))
     second = pipeline(workspace=str(ws))
-    assert second["registered"] == {**second["registered"], "name": "s2s-builtin-en-de", "version": "2", "created": True}
-    assert second["gate"]["decision"] == "refused"
-    assert second["gate"]["reason"] == (
+    assert (second.registered.name, second.registered.version, second.registered.created) == ("s2s-builtin-en-de", "2", True)
+    assert second.gate.decision == "refused"
+    assert second.gate.reason == (
         "s2s-builtin-en-de holds another task than this model: champion v1 is en->de, data builtin, this one de->en, data "
         "(own files, unnamed) (ingest.src_lang de vs en; ingest.tgt_lang en vs de; ingest.dataset (none) vs builtin); the "
         "gate compares models of one task only: name this data's model with registry.model_name, or leave it null for "
@@ -385,16 +394,17 @@ def test_a_model_of_other_languages_is_refused_under_the_same_name_and_is_v1_of_
     mine["registry"]["model_name"] = None  # the default: a name from the data
     (ws / "params.yaml").write_text(yaml.safe_dump(mine, sort_keys=False))
     third = pipeline(workspace=str(ws))
-    assert not any(third["stages_ran"].values())  # nothing retrains: the same model, registered under its own name
-    assert (third["registered"]["name"], third["registered"]["version"]) == ("s2s-de-en", "1")
-    assert third["gate"]["decision"] == "promoted" and str(get_alias(client, "s2s-de-en", CHAMPION).version) == "1"
+    assert not any(third.stages_ran.values())  # nothing retrains: the same model, registered under its own name
+    assert (third.registered.name, third.registered.version) == ("s2s-de-en", "1")
+    assert third.gate.decision == "promoted" and str(get_alias(client, "s2s-de-en", CHAMPION).version) == "1"
 
 
 def test_promote_export_registers_the_new_transformer_champion_for_ctranslate2(tmp_path: Path, prefect_home: None) -> None:
     import mlflow.pyfunc
     from mlflow import MlflowClient
 
-    from flows.pipeline import _samples, pipeline
+    from flows.pipeline import pipeline
+    from s2s.summary import sample_rows
 
     transformer = {"arch": "transformer", "transformer": {"d_model": 64, "heads": 4, "encoder_layers": 2,
                                                           "decoder_layers": 2, "ff": 128, "dropout": 0.0}}  # fmt: skip
@@ -402,18 +412,24 @@ def test_promote_export_registers_the_new_transformer_champion_for_ctranslate2(t
                                       "promote": {"export": "int8"}, "remote": {"push": False}})  # fmt: skip
     ws = make_workspace(tmp_path / "ws", params)
     result = pipeline(workspace=str(ws))
-    assert result["gate"]["decision"] == "promoted", result["gate"]["reason"]
-    assert result["gate"]["export"] == {"exported": "2", "alias": "champion-int8", "quantization": "int8"}
+    assert result.gate.decision == "promoted", result.gate.reason
+    assert result.gate.export == ExportOutcome(exported="2", quantization="int8", alias="champion-int8")
     first, second = _versions(ws)
     assert (first["s2s.engine"], second["s2s.engine"], second["s2s.exported_from"]) == ("pytorch", "ctranslate2-int8", "1")
     assert second["s2s.lineage"] == first["s2s.lineage"] and second["git.commit"] == first["git.commit"]
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     aliases = MlflowClient(uri, uri).get_registered_model("s2s-builtin-en-de").aliases
     assert {k: str(v) for k, v in aliases.items()} == {"challenger": "1", "champion": "1", "champion-int8": "2"}
-    mlflow.set_registry_uri(uri)
-    sources = [row["source"] for row in _samples(ws, 5)]
-    served = mlflow.pyfunc.load_model("models:/s2s-builtin-en-de@champion-int8").predict(sources)
-    assert len(served) == len(sources) and all(isinstance(t, str) for t in served)
+    sources = [row["source"] for row in sample_rows(ws, 5)]
+    with mlflow_uris(uri):
+        served = mlflow.pyfunc.load_model("models:/s2s-builtin-en-de@champion-int8").predict(sources)
+    # The int8 champion serves what CTranslate2 makes of this very checkpoint, decoding as it was evaluated.
+    from s2s.config import load_params
+    from s2s.ct2 import CT2Translator, convert
+
+    local = CT2Translator.load(convert(ws / layout.MODEL_DIR / layout.MODEL_FILE, ws / layout.TOKENIZER_DIR,
+                                       tmp_path / "int8", "int8"), ws / layout.TOKENIZER_DIR)  # fmt: skip
+    assert served == local.translate(sources, load_params(ws / layout.PARAMS_FILE).evaluate)
 
 
 def test_sigterm_and_sigint_stop_s2s_run_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
@@ -449,8 +465,8 @@ def test_sigterm_and_sigint_stop_s2s_run_cleanly_and_the_rerun_resumes(tmp_path:
 
     done = subprocess.run(command, cwd=ws, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
-    summary = json.loads((ws / layout.TRAIN_SUMMARY).read_text())
-    assert summary["resumed_at_update"] > 0 and summary["epochs"] == 8
+    summary = TrainSummary.read(ws / layout.TRAIN_SUMMARY)
+    assert summary.resumed_at_update > 0 and summary.epochs == 8
 
 
 def pipeline_while_held(ws: Path, hold: str, path: Path) -> tuple[Any, int]:
@@ -504,5 +520,5 @@ def test_locked_dvc_and_registry_are_named_with_their_holders_and_the_rerun_regi
     assert _versions(ws) == []
 
     again = pipeline(workspace=str(ws))  # the lock is gone
-    assert not any(again["stages_ran"].values()) and again["registered"]["created"] is True
+    assert not any(again.stages_ran.values()) and again.registered.created is True
     assert [v["version"] for v in _versions(ws)] == ["1"]

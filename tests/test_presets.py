@@ -1,4 +1,4 @@
-"""Presets (flows/presets.py): tested recipes and datasets applied over params.yaml, comments kept, changes named."""
+"""Presets (s2s/presets.py): tested recipes and datasets applied over params.yaml, comments kept, changes named."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from support import REPO
 
 from benchmarks.multi30k import ARCHS, GPU_RECIPE
-from flows import presets
 from flows.cli import main
+from s2s import presets
 from s2s.config import load_params
 
 OWN_DATA = """\

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import MULTI30K, REPO, TINY_PARAMS, deep_merge
+from support import MULTI30K, REPO, TINY_PARAMS, deep_merge
 
-from flows.workspace import GIT, run
 from s2s.layout import PARAMS_FILE
+from s2s.workspace import GIT, run
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_inputs
 from mlflow import MlflowClient
+from support import run_inputs
 
 from s2s.config import EvaluateConfig
 from s2s.corpus import generate_pairs
@@ -128,3 +128,17 @@ def test_registered_model_honours_decoding_options_per_request(tmp_path: Path, c
     # n-best through the registered model (its `n_best` param): one line per hypothesis, as from a local folder.
     nbest = translator.translate_nbest([sentence], 3, EvaluateConfig(beam_size=3))[0]
     assert translate("--n-best", "3") == "\n".join(f"1\t{rank}\t{text}" for rank, text in enumerate(nbest, 1))
+
+
+def test_lineage_key_is_the_tokenizer_model_and_decoding_only() -> None:
+    from s2s import layout
+    from s2s.registry import lineage_key
+
+    outs = {layout.TOKENIZER_DIR: "a.dir", layout.MODEL_DIR: "b.dir", layout.PREPARED_DIR: "c.dir"}
+    key = lineage_key(outs, EvaluateConfig(beam_size=5))
+    assert len(key) == 32 and key == lineage_key(dict(outs), EvaluateConfig(beam_size=5))
+    assert lineage_key({**outs, layout.PREPARED_DIR: "other.dir"}, EvaluateConfig(beam_size=5)) == key  # data: not itself
+    assert lineage_key(outs, EvaluateConfig(beam_size=5, batch_size=7, attention_maps=0, also=("greedy",))) == key
+    assert lineage_key({**outs, layout.MODEL_DIR: "new.dir"}, EvaluateConfig(beam_size=5)) != key
+    assert lineage_key(outs, EvaluateConfig(beam_size=4)) != key
+    assert lineage_key(outs, EvaluateConfig(beam_size=5, length_penalty=0.6)) != key

@@ -13,8 +13,8 @@ from typing import Any
 
 import mlflow
 import pytest
-from conftest import BIN, clean_env, free_port, run_inputs, start, stop, wait_http
 from mlflow import MlflowClient
+from support import BIN, clean_env, free_port, mlflow_uris, run_inputs, start, stop, wait_http
 
 from flows.cli import main
 from s2s.config import EvaluateConfig
@@ -60,13 +60,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     ws = tmp / "ws"
     register(run_inputs(ws, "served", TRANSFORMER), "lineage-t", {"git.commit": "abc123"}, "a Transformer")
     uri = f"sqlite:///{ws / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri, uri)
-    exported = export_version(client, "served", "1", "int8", tmp / "staging")
-    assert (exported.version, exported.created) == ("2", True)
-    local = CT2Translator.load(convert(ws / MODEL_DIR / MODEL_FILE, ws / TOKENIZER_DIR, tmp / "int8", "int8"), ws / TOKENIZER_DIR)
-    yield {"ws": ws, "tmp": tmp, "uri": uri, "client": client, "local": local}
+    with mlflow_uris(uri):
+        client = MlflowClient(uri, uri)
+        exported = export_version(client, "served", "1", "int8", tmp / "staging")
+        assert (exported.version, exported.created) == ("2", True)
+        local = CT2Translator.load(
+            convert(ws / MODEL_DIR / MODEL_FILE, ws / TOKENIZER_DIR, tmp / "int8", "int8"), ws / TOKENIZER_DIR
+        )
+        yield {"ws": ws, "tmp": tmp, "uri": uri, "client": client, "local": local}
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +134,8 @@ def test_export_aliases_follow_the_champion(registry: dict[str, Any], tmp_path: 
 
 @pytest.mark.slow
 def test_the_exported_version_loads_with_pyfunc_and_translates(registry: dict[str, Any]) -> None:
-    mlflow.set_registry_uri(registry["uri"])  # other tests point MLflow elsewhere
-    model = mlflow.pyfunc.load_model("models:/served/2")
+    with mlflow_uris(registry["uri"]):
+        model = mlflow.pyfunc.load_model("models:/served/2")
     registered = EvaluateConfig(beam_size=2)  # as evaluated: TRANSFORMER's evaluate section
     assert model.predict(SOURCES[:5]) == registry["local"].translate(SOURCES[:5], registered)
     assert model.predict(SOURCES[:2], params={"n_best": 2}) == registry["local"].translate_nbest(SOURCES[:2], 2, registered)
@@ -230,3 +231,20 @@ def test_concurrent_requests_with_the_same_options_are_decoded_as_one_batch() ->
     assert results == {"first": ["A"], "b": ["B", "C"], "d": ["D"], "beam": ["E"], "bad": "engine failed"}
     # One call for the first request; then the queued ones with equal options together, in arrival order.
     assert calls[0] == (["a"], 1) and sorted(calls[1:]) == [(["b", "c", "d"], 1), (["boom"], 3), (["e"], 5)]
+
+
+def test_decoding_with_applies_a_requests_options_over_the_registered_decoding() -> None:
+    from s2s.serving import RequestError, decoding_with
+
+    registered = EvaluateConfig(beam_size=5, max_len_b=7, attention_maps=2, also=("greedy",))
+    cfg, n = decoding_with(registered, None)
+    assert (cfg.beam_size, cfg.max_len_b, n) == (5, 7, 1) and not hasattr(cfg, "attention_maps")  # decoding keys only
+    assert decoding_with(registered, {"n_best": 3})[0].beam_size == 5  # the registered beam already returns 3
+    cfg, n = decoding_with(registered, {"beam_size": 2, "n_best": 3, "max_len_b": None})
+    assert (cfg.beam_size, cfg.max_len_b, n) == (3, 7, 3)  # widened to return 3; None is "not given"
+    with pytest.raises(RequestError, match=r"unknown decoding option\(s\) beam; accepted: beam_size, n_best"):
+        decoding_with(registered, {"beam": 2})
+    with pytest.raises(RequestError, match=r"n_best: expected a whole number >= 1, got 0"):
+        decoding_with(registered, {"n_best": 0})
+    with pytest.raises(RequestError, match=r"decoding options: invalid configuration\n  beam_size: Input should be greater"):
+        decoding_with(registered, {"beam_size": 0})

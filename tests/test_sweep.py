@@ -9,11 +9,10 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from conftest import BIN, TINY_PARAMS, deep_merge, make_workspace
 from optuna.trial import TrialState, create_trial
+from support import BIN, TINY_PARAMS, deep_merge, make_workspace
 
-from flows import presets
-from s2s import sweep
+from s2s import presets, sweep
 from s2s.config import parse_params
 
 BASE = parse_params(TINY_PARAMS).model_dump(mode="json")
@@ -50,10 +49,10 @@ def test_ranges_are_ints_when_their_bounds_are_and_floats_otherwise() -> None:
         ({"space": {"train.lr": {"low": 0.1, "high": 0.01}}}, "low must be below high"),
         ({"space": {"train.lr": {"low": 0.0, "high": 0.01, "log": True}}}, "log-scale range needs low > 0"),
         ({"space": {"train.lr": {"low": 0.001, "high": 0.01}}, "trails": 4}, "trails: unknown key"),
-        ({"space": {"train.lr": {"low": 0.001, "high": 0.01, "scale": "log"}}}, "scale"),
-        ({"space": {}}, "space"),
-        ({"space": {"train.lr": {"choices": []}}}, "choices"),
-        ({"space": {"train.lr": {"low": 1e-3, "high": 1e-2}}, "pruner": {"kind": "asha"}}, "pruner.kind"),
+        ({"space": {"train.lr": {"low": 0.001, "high": 0.01, "scale": "log"}}}, "space.train.lr.scale: unknown key"),
+        ({"space": {}}, "\n  space: Dictionary should have at least 1 item"),
+        ({"space": {"train.lr": {"choices": []}}}, "space.train.lr.choices: List should have at least 1 item"),
+        ({"space": {"train.lr": {"low": 1e-3, "high": 1e-2}}, "pruner": {"kind": "asha"}}, "pruner.kind: Input should be"),
     ],
 )
 def test_a_bad_search_space_file_is_refused_naming_the_key(raw: dict[str, Any], message: str) -> None:
@@ -239,7 +238,7 @@ def test_a_tiny_sweep_runs_prunes_fails_and_tracks_every_trial(tmp_path: Path) -
     run-cache restores instead of training (the same curve, so it ties at epoch 1 and is kept)."""
     from mlflow.tracking import MlflowClient
 
-    from flows import sweep as flows_sweep
+    from s2s import sweep_runs
 
     ws = make_workspace(tmp_path / "ws", deep_merge(TINY_PARAMS, {"train": {"select_metric": "chrf"}}))
     space = tmp_path / "tiny.yaml"
@@ -248,7 +247,7 @@ def test_a_tiny_sweep_runs_prunes_fails_and_tracks_every_trial(tmp_path: Path) -
         "space": {"train.lr": {"low": 1e-6, "high": 0.05, "log": True}, "train.max_tokens": {"choices": [2, 128]}},
         "pruner": {"kind": "successive_halving", "min_epochs": 1, "reduction_factor": 2},
     }))  # fmt: skip
-    study = flows_sweep.open_sweep(ws, space, None, None, None)  # created with its MLflow run, the baseline queued
+    study = sweep_runs.open_sweep(ws, space, None, None, None)  # created with its MLflow run, the baseline queued
     for values in ({"train.lr": 1e-6, "train.max_tokens": 128}, {"train.lr": 0.02, "train.max_tokens": 2},
                    {"train.lr": 0.02, "train.max_tokens": 128}):  # fmt: skip
         study.enqueue_trial(values)

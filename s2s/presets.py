@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 
+from s2s import dotted
 from s2s.config import ConfigError, parse_params
 from s2s.errors import S2SError
 
@@ -67,12 +68,6 @@ def find(name: str) -> Preset:
     return read(path)
 
 
-def _flatten(prefix: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flatten(f"{prefix}{key}.", item).items()}
-    return {prefix[:-1]: value}
-
-
 # Replaced whole, not merged key by key: a dataset's files are one unit (a user's tsv plus a preset's src/tgt is no split).
 WHOLE = {("ingest", "files")}
 
@@ -96,7 +91,7 @@ def apply(params_file: Path, presets: list[Preset]) -> list[str]:
     rt.width = 4096
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     document = rt.load(params_file.read_text(encoding="utf-8")) or {}
-    before = _flatten("", yaml.safe_load(params_file.read_text(encoding="utf-8")) or {})
+    before = dotted.flatten(yaml.safe_load(params_file.read_text(encoding="utf-8")) or {})
     for preset in presets:  # read round trip too: a quoted "off" stays quoted (YAML 1.1 readers take off for false)
         _merge_into(document, rt.load(preset.path.read_text(encoding="utf-8")) or {})
     buffer = io.StringIO()
@@ -107,7 +102,7 @@ def apply(params_file: Path, presets: list[Preset]) -> list[str]:
         parse_params(merged, f"{params_file} with preset(s) {', '.join(p.name for p in presets)}")
     except ConfigError as err:
         raise PresetError(str(err)) from None
-    after = _flatten("", merged)
+    after = dotted.flatten(merged)
     changed = [f"{key}: {before.get(key, '(unset)')!r} -> {after[key]!r}" for key in after if before.get(key) != after[key]]
     if changed:
         params_file.write_text(text, encoding="utf-8")

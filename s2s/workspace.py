@@ -6,31 +6,31 @@ checkout (its data, models and registry stay untouched).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import socket
 import subprocess
-import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from s2s import dvc
 from s2s.config import DEFAULT_TRACKING_URI, RegistryConfig, parse_params
+from s2s.dotted import deep_merge
+from s2s.errors import S2SError
 from s2s.layout import DVC_FILE, PARAMS_FILE, RAW_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    """A command in this environment (s2s.dvc.env), checked: a failure raises with its output."""
+    return dvc.run(args, cwd, check=True)
 
 
 def write_params(root: Path, params: dict[str, Any]) -> None:
@@ -51,7 +51,7 @@ def make_workspace(
     """
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(source / DVC_FILE, root / DVC_FILE)
-    for package in ("s2s", "flows"):
+    for package in ("s2s", "flows", "ops"):
         shutil.copytree(source / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "prefect.yaml", root / "prefect.yaml")
     (root / RAW_DIR).mkdir(parents=True)
@@ -61,10 +61,40 @@ def make_workspace(
     write_params(root, deep_merge(params, {"registry": local}) if local_registry else params)
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.cache/\n__pycache__/\n")
     run(["git", "init", "-q"], root)
-    run([sys.executable, "-m", "dvc", "init", "-q"], root)
+    run(dvc.command("init", "-q"), root)
     shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
     if cache_dir is not None:
-        run([sys.executable, "-m", "dvc", "config", "cache.dir", str(cache_dir)], root)
+        run(dvc.command("config", "cache.dir", str(cache_dir)), root)
     run([*GIT, "add", "-A"], root)
     run([*GIT, "commit", "-q", "-m", "workspace"], root)
     return root
+
+
+class WorkspaceBusy(S2SError, RuntimeError):
+    """Another pipeline run holds the workspace."""
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path) -> Iterator[None]:
+    """One pipeline run per workspace: a second one fails at once, naming the run that holds it.
+
+    DVC locks its repository only while one command runs; between stages a
+    second run could slip in and interleave, so the whole flow holds this lock.
+    """
+    path = root / ".dvc" / "tmp" / "s2s-pipeline.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown process"
+            raise WorkspaceBusy(f"another s2s pipeline run is using {root} ({owner}); wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -19,21 +19,22 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from s2s import dvc
+from s2s.layout import SWEEP_STORAGE_ENV
+
 STATE_DIR = ".stack"
 POOL = "s2s"  # the Prefect work pool the deployment runs on
 SWEEP_POOL = "s2s-sweeps"  # sweep trials: each in its own workspace, so as many at once as there are workers
-SWEEP_STORAGE_ENV = "S2S_SWEEP_STORAGE"  # the Optuna study database, for `s2s sweep` and the sweep workers
 BUCKET = "s2s"  # MLflow artifacts under mlartifacts/, the DVC remote under dvc/
 DATABASES = ("mlflow", "prefect", "optuna")
 SERVICES = ("postgres", "s3", "mlflow", "prefect", "worker")
-BIN = Path(sys.executable).parent
+BIN = dvc.BIN
 
 
 class StackError(RuntimeError):
@@ -175,7 +176,7 @@ def stop_service(stack: Stack, name: str, seconds: float = 20) -> None:
 
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API_"))}
-    return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return dvc.env(env)
 
 
 # ------------------------------------------------------------------------------ PostgreSQL
@@ -280,7 +281,6 @@ def _prefect_env(stack: Stack) -> dict[str, str]:
         **stack.env(),
         "PREFECT_HOME": str(stack.root / "prefect"),
         "PREFECT_API_DATABASE_CONNECTION_URL": stack.database_url("prefect", "asyncpg"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
 
 
@@ -338,10 +338,9 @@ def down(root: Path) -> None:
 
 def use_bucket_remote(stack: Stack, workspace: Path) -> None:
     """Make the bucket this checkout's default DVC remote, in its git-ignored .dvc/config.local only."""
-    dvc = [sys.executable, "-m", "dvc"]
     for args in (["remote", "add", "--local", "--force", "--default", "stack", stack.dvc_remote],
                  ["remote", "modify", "--local", "stack", "endpointurl", stack.s3_endpoint]):  # fmt: skip
-        subprocess.run([*dvc, *args], cwd=workspace, env=_base_env(), check=True, capture_output=True)
+        subprocess.run(dvc.command(*args), cwd=workspace, env=_base_env(), check=True, capture_output=True)
 
 
 def exports(stack: Stack) -> str:

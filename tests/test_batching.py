@@ -1,0 +1,68 @@
+"""s2s/batching.py: token-bucketed batches and the splits tokenized once."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from s2s import layout, tokenizer
+from s2s.batching import DataError, ParallelData, TrainingData, bucket_indices, encode_split
+from s2s.config import TokenizerConfig
+from s2s.corpus import generate_pairs
+from s2s.tokenizer import BOS, EOS, PAD, Tokenizers
+
+LENGTHS = [random.Random(7).randint(1, 40) for _ in range(500)]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_bucket_indices_cover_each_sentence_once_within_the_token_budget(shuffle: bool) -> None:
+    batches = bucket_indices(LENGTHS, 200, shuffle=shuffle, seed=3)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(LENGTHS)))
+    for batch in batches:  # padded tokens: the longest sentence times the batch's size
+        assert max(LENGTHS[i] for i in batch) * len(batch) <= 200
+    assert bucket_indices(LENGTHS, 200, shuffle=shuffle, seed=3) == batches  # the same seed, the same batches
+
+
+def test_shuffled_epochs_differ_and_a_sentence_over_the_budget_gets_a_batch_of_its_own() -> None:
+    assert bucket_indices(LENGTHS, 200, shuffle=True, seed=1) != bucket_indices(LENGTHS, 200, shuffle=True, seed=2)
+    assert bucket_indices([50, 3, 3], 20, shuffle=False) == [[1, 2], [0]]
+
+
+def test_parallel_data_batches_pad_and_count_as_the_loss_does() -> None:
+    data = ParallelData([[5, 6, 7], [8]], [[9], [10, 11]])
+    assert data.lengths() == [3, 3]  # the longer of source and target + BOS/EOS
+    batch = data.batch([0, 1])
+    assert batch.src.tolist() == [[5, 6, 7], [8, PAD, PAD]] and batch.src_len.tolist() == [3, 1]
+    assert batch.tgt_in.tolist() == [[BOS, 9, PAD], [BOS, 10, 11]] and batch.tgt_out.tolist() == [[9, EOS, PAD], [10, 11, EOS]]
+    assert data.target_tokens([0, 1]) == batch.n_tgt_tokens == 5 and data.source_tokens([0, 1]) == 4
+    with pytest.raises(ValueError, match="2 source but 1 target sentences"):
+        ParallelData([[1], [2]], [[3]])
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tokenizers, Path]:
+    root = tmp_path_factory.mktemp("batching")
+    pairs = generate_pairs(300, 2)
+    tokenizer.train(TokenizerConfig(vocab_size=150), [s for s, _ in pairs], [t for _, t in pairs], root / "tok")
+    layout.write_prepared({"train": pairs, "valid": pairs[:20], "test": pairs[:20]}, root / "prepared")
+    return Tokenizers.load(root / "tok"), root / "prepared"
+
+
+def test_encode_split_leaves_out_and_counts_pairs_over_max_tokens(split: tuple[Tokenizers, Path]) -> None:
+    tok, prepared = split
+    everything, pairs, dropped = encode_split(tok, prepared, "train", 1000)
+    assert (len(everything), dropped, len(pairs)) == (300, 0, 300)
+    limit = sorted(max(len(s), len(t)) for s, t in zip(everything.src, everything.tgt, strict=True))[150]
+    kept, kept_pairs, dropped = encode_split(tok, prepared, "train", limit)
+    assert len(kept) + dropped == 300 and 0 < dropped < 300 and len(kept_pairs) == len(kept)
+    assert all(len(s) <= limit and len(t) <= limit for s, t in zip(kept.src, kept.tgt, strict=True))
+
+
+def test_training_data_refuses_a_run_with_nothing_left(split: tuple[Tokenizers, Path]) -> None:
+    tok, prepared = split
+    data = TrainingData.load(tok, prepared, 1000)
+    assert (len(data.train), len(data.valid), len(data.valid_pairs), data.too_long) == (300, 20, 20, 0)
+    with pytest.raises(DataError, match=r"no training pairs left: all 300 exceed train.max_tokens=2"):
+        TrainingData.load(tok, prepared, 2)
