@@ -15,11 +15,12 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/s2s run
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -m "not slow"
 
+# ruff, then mypy (strict on s2s/; `files` and the settings are in pyproject.toml)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

@@ -93,7 +93,6 @@ def _done(finished: list[list[Hypothesis]], best_alive: list[float], limits: lis
     return out
 
 
-@torch.no_grad()
 def _step_log_probs(logits: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
     """The last step's log-probabilities (B*K, V): never a special token but EOS, and only EOS past the length limit."""
     logp = logits[:, -1].float().log_softmax(-1)
@@ -124,6 +123,7 @@ def _collect_finished(
         finished[b] = sorted([*finished[b], Hypothesis(seq, norm, attn)], key=lambda h: -h.score)[:k]
 
 
+@torch.no_grad()
 def beam_search(
     model: Seq2Seq,
     src: torch.Tensor,
