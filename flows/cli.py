@@ -77,7 +77,7 @@ def _schedule(args: argparse.Namespace) -> int:
     """Serve the flow as a deployment with a cron schedule; this process runs the scheduled runs."""
     if (refused := _refuse_params(args)) is not None:
         return refused
-    from prefect.deployments.runner import EntrypointType
+    from prefect.types.entrypoint import EntrypointType
 
     from flows.pipeline import pipeline
 
@@ -137,9 +137,10 @@ def _sweep(args: argparse.Namespace) -> int:
         return 0
     study = sweep_runs.open_sweep(workspace, space, args.study, args.storage, args.trials)
     if args.submit:
+        from optuna.trial import TrialState
         from prefect.deployments import run_deployment
 
-        waiting = len(study.get_trials(deepcopy=False, states=(sweep.TrialState.WAITING,)))
+        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         deployment = f"{flows_sweep.TRIAL_FLOW}/{args.submit}"
         for _ in range(waiting):  # the storage is not a parameter (it may hold a password): workers read S2S_SWEEP_STORAGE
             run_deployment(deployment, parameters={"study": name, "workspace": "."}, timeout=0)

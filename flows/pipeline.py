@@ -83,7 +83,7 @@ def detach_local_api() -> None:
         def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
             return subprocess.Popen(*args, **{**kwargs, "start_new_session": True})
 
-    server.subprocess = DetachedSubprocess()  # type: ignore[assignment]
+    server.subprocess = DetachedSubprocess()  # type: ignore[assignment, attr-defined]  # a stand-in for the module: a patch of Prefect (above)
 
 
 def quiet_console() -> None:

@@ -115,7 +115,7 @@ def free_port() -> int:
 def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status < 500
+            return bool(response.status < 500)
     except OSError:
         return False
 

@@ -125,7 +125,7 @@ def read_resume(path: Path) -> dict[str, Any] | None:
         missing = [key for key in RESUME_KEYS if key not in state]
         if missing:
             raise KeyError(f"no {', '.join(missing)}")
-    except (RuntimeError, OSError, EOFError, KeyError, ValueError, TypeError) as err:
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         log.warning("ignoring unreadable resume state %s: %s", path, err)
         return None
     return dict(state)

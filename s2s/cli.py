@@ -114,7 +114,7 @@ def _write_translations(args: argparse.Namespace, lines: list[str], decoder: Dec
             bar.update(len(chunk))
 
 
-def _registry(args: argparse.Namespace) -> tuple[object, str]:
+def _registry(args: argparse.Namespace) -> tuple[Any, str]:
     from s2s.config import load_params
     from s2s.registry import connect
     from s2s.task import resolve_registry
@@ -131,7 +131,7 @@ def _promote(args: argparse.Namespace) -> int:
     from s2s.registry import promote
 
     client, name = _registry(args)
-    replaced = promote(client, name, args.version, args.reason)  # type: ignore[arg-type]
+    replaced = promote(client, name, args.version, args.reason)
     before = f"v{replaced.version}" if replaced is not None else "none"
     print(f"s2s: {name} champion is now v{args.version} (was {before}); `s2s rollback` undoes this")
     return 0
@@ -145,7 +145,7 @@ def _restore(args: argparse.Namespace) -> int:
 
     workspace = Path(args.workspace).resolve()
     client, name = _registry(args)
-    version = download_lineage(client, name, args.version, workspace)  # type: ignore[arg-type]
+    version = download_lineage(client, name, args.version, workspace)
     pull = subprocess.run(dvc.command("pull", "--force"), cwd=workspace, env=dvc.env())
     if pull.returncode != 0:
         print(f"s2s restore: `dvc pull` failed (exit {pull.returncode}); is the DVC remote reachable? `dvc remote list`",
@@ -195,10 +195,10 @@ def _export(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     staging = Path(args.workspace).resolve() / ".cache" / "export"
-    exported = export_version(client, name, ref, args.quantization, staging)  # type: ignore[arg-type]
+    exported = export_version(client, name, ref, args.quantization, staging)
     state = "registered as" if exported.created else "was exported before:"
     alias = export_alias(args.quantization)
-    aliased = get_alias(client, name, alias)  # type: ignore[arg-type]
+    aliased = get_alias(client, name, alias)
     served = f"@{alias}" if aliased is not None and str(aliased.version) == exported.version else f"/{exported.version}"
     named = f", alias {alias}" if served.startswith("@") else ""
     print(f"s2s: {args.model} ({args.quantization}) {state} {name} v{exported.version}{named}; "
@@ -210,7 +210,7 @@ def _rollback(args: argparse.Namespace) -> int:
     from s2s.registry import rollback
 
     client, name = _registry(args)
-    old, new = rollback(client, name)  # type: ignore[arg-type]
+    old, new = rollback(client, name)
     print(f"s2s: {name} champion rolled back from v{old} to v{new}")
     return 0
 

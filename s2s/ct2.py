@@ -77,14 +77,17 @@ def _attention(spec: Any, attn: Any, self_attention: bool) -> None:
 
 def _ffn(spec: Any, ff: torch.nn.Sequential, norm: torch.nn.LayerNorm) -> None:
     _norm(spec.layer_norm, norm)
-    _linear(spec.linear_0, ff[0])
-    _linear(spec.linear_1, ff[3])
+    first, second = ff[0], ff[3]  # Linear, ReLU, Dropout, Linear
+    assert isinstance(first, torch.nn.Linear) and isinstance(second, torch.nn.Linear)
+    _linear(spec.linear_0, first)
+    _linear(spec.linear_1, second)
 
 
 def _positions(embed: Embedding) -> np.ndarray:
     """The (max_positions, d) table this side adds: its own learned one, or the fixed sinusoids."""
     table = embed.learned.weight if embed.positions == "learned" else embed.table
-    return table.detach().numpy()
+    positions: np.ndarray = table.detach().numpy()
+    return positions
 
 
 def model_spec(model: TransformerSeq2Seq, tokenizers: Tokenizers) -> Any:
@@ -103,17 +106,18 @@ def model_spec(model: TransformerSeq2Seq, tokenizers: Tokenizers) -> Any:
         side.scale_embeddings = True  # tokens * sqrt(d), then positions: as Embedding.forward
         side.position_encodings.encodings = _positions(embed)
     _norm(spec.encoder.layer_norm, model.enc_norm)
-    for layer_spec, layer in zip(spec.encoder.layer, model.encoder, strict=True):
+    for layer_spec, layer in zip(spec.encoder.layer, model.encoder_layers(), strict=True):
         _attention(layer_spec.self_attention, layer.attn, self_attention=True)
         _norm(layer_spec.self_attention.layer_norm, layer.norm1)
         _ffn(layer_spec.ffn, layer.ff, layer.norm2)
     _norm(spec.decoder.layer_norm, model.dec_norm)
-    for layer_spec, layer in zip(spec.decoder.layer, model.decoder, strict=True):
-        _attention(layer_spec.self_attention, layer.self_attn, self_attention=True)
-        _norm(layer_spec.self_attention.layer_norm, layer.norms[0])
-        _attention(layer_spec.attention, layer.cross_attn, self_attention=False)
-        _norm(layer_spec.attention.layer_norm, layer.norms[1])
-        _ffn(layer_spec.ffn, layer.ff, layer.norms[2])
+    for layer_spec, dec in zip(spec.decoder.layer, model.decoder_layers(), strict=True):
+        norms = [norm for norm in dec.norms if isinstance(norm, torch.nn.LayerNorm)]  # before self-, cross-attention, ffn
+        _attention(layer_spec.self_attention, dec.self_attn, self_attention=True)
+        _norm(layer_spec.self_attention.layer_norm, norms[0])
+        _attention(layer_spec.attention, dec.cross_attn, self_attention=False)
+        _norm(layer_spec.attention.layer_norm, norms[1])
+        _ffn(layer_spec.ffn, dec.ff, norms[2])
     _linear(spec.decoder.projection, model.out)
     for register, sp in ((spec.register_source_vocabulary, tokenizers.src), (spec.register_target_vocabulary, tokenizers.tgt)):
         register([sp.id_to_piece(i) for i in range(sp.get_piece_size())])

@@ -108,13 +108,14 @@ def run_logged(args: list[str], cwd: Path, what: str, logger: Logger = log, poll
     ) as proc:  # fmt: skip
         Stop.children.add(proc)
         assert proc.stdout is not None
+        stdout = proc.stdout
         done = threading.Event()
         if poll is not None:
             threading.Thread(target=_poll_until, args=(proc, poll, done, logger), daemon=True).start()
 
         def follow() -> None:
             hint = False
-            for line in proc.stdout:  # type: ignore[union-attr]
+            for line in stdout:
                 line = line.rstrip()
                 lines.append(line)
                 # DVC's advice to `git add`/`dvc push` (the flow pushes; committing is the user's call) is not shown.

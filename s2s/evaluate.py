@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics.bleu import BLEU
 
 from s2s.config import EvaluateConfig
 from s2s.eval_records import DecodingScores, EvalReport

@@ -106,8 +106,8 @@ class S2SPyfunc(mlflow.pyfunc.PythonModel):
 
     def _decode(self, sources: list[str], cfg: DecodingConfig, n_best: int) -> list[Any]:
         if n_best == 1:
-            return self.translator.translate(sources, cfg)  # type: ignore[no-any-return]
-        return self.translator.translate_nbest(sources, n_best, cfg)  # type: ignore[no-any-return]
+            return self.translator.translate(sources, cfg)  # type: ignore[no-any-return]  # Any: the engine is chosen at load
+        return self.translator.translate_nbest(sources, n_best, cfg)  # type: ignore[no-any-return]  # as above
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: list[str], params: dict[str, Any] | None = None
@@ -360,7 +360,8 @@ def export_version(client: MlflowClient, name: str, ref: str, quantization: str,
     The new version keeps the source's tags (lineage, git commit, DVC hashes) but not its gate verdict or cached
     scores, which belong to the source's engine; its `s2s.engine` and `s2s.exported_from` tags say what it is.
     """
-    from s2s.ct2 import ExportError, convert
+    from s2s.ct2 import convert
+    from s2s.errors import ExportError
 
     if quantization not in QUANTIZATIONS:
         raise ExportError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
@@ -385,7 +386,7 @@ def export_version(client: MlflowClient, name: str, ref: str, quantization: str,
         files = {key: local / value["path"] for key, value in stored.items()}
         if "model" not in files:
             raise ExportError(f"{name} v{source.version} holds no s2s PyTorch checkpoint (artifacts: {', '.join(files)})")
-        converted = convert(files["model"], files["tokenizer"], staging / "ctranslate2", quantization)  # type: ignore[arg-type]
+        converted = convert(files["model"], files["tokenizer"], staging / "ctranslate2", quantization)  # type: ignore[arg-type]  # checked against QUANTIZATIONS above
         decoding = EvaluateConfig.model_validate_json(files["decoding"].read_text())
         inherited = {k: v for k, v in source.tags.items() if not k.startswith(("s2s.gate.", SCORE_TAG_PREFIX, "s2s.previous"))}
         tags = {**inherited, ENGINE_TAG: engine, EXPORTED_FROM_TAG: str(source.version)}

@@ -46,7 +46,9 @@ def rouge(hypotheses: list[str], references: list[str]) -> dict[str, float]:
 
 def score(hypotheses: list[str], references: list[str], metrics: Iterable[str] = METRIC_NAMES) -> dict[str, Any]:
     """The named metrics of one reference set, with each metric's signature."""
-    from sacrebleu.metrics import BLEU, CHRF, TER
+    from sacrebleu.metrics.bleu import BLEU
+    from sacrebleu.metrics.chrf import CHRF
+    from sacrebleu.metrics.ter import TER
 
     wanted = [metric(name).name for name in metrics]
     out: dict[str, Any] = {}

@@ -73,7 +73,7 @@ def greedy(
 
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT length penalty (Wu et al. 2016); alpha 0 disables it."""
-    return ((5.0 + length) / 6.0) ** alpha
+    return float(((5.0 + length) / 6.0) ** alpha)
 
 
 def _done(finished: list[list[Hypothesis]], best_alive: list[float], limits: list[int], k: int, alpha: float,

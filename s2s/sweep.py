@@ -214,7 +214,7 @@ def baseline_values(base: dict[str, Any], spec: SweepSpec) -> dict[str, Any] | N
 # ------------------------------------------------------------------------------ the study
 
 
-def direction(metric: MetricName) -> str:
+def direction(metric: MetricName) -> Literal["maximize", "minimize"]:
     return "maximize" if METRICS[metric].higher_is_better else "minimize"
 
 
@@ -351,8 +351,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: number, state, value, epochs reported, minutes, then the swept values."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        ran = t.datetime_complete and t.datetime_start
-        minutes = (t.datetime_complete - t.datetime_start).total_seconds() / 60 if ran else None
+        start, end = t.datetime_start, t.datetime_complete
+        minutes = (end - start).total_seconds() / 60 if start and end else None
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         value = t.value if t.state == TrialState.COMPLETE else last  # a pruned trial: its last validation
         row: dict[str, Any] = {

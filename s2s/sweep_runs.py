@@ -79,7 +79,7 @@ def start_sweep_run(registry: RegistryConfig, workspace: Path, study: optuna.Stu
     _log_params(client, run.info.run_id, {"study": study.study_name, "storage": sweep.safe_url(storage),
                                           "direction": study.direction.name.lower(), "trials": spec.trials})  # fmt: skip
     client.log_text(run.info.run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "sweep/space.yaml")
-    return run.info.run_id
+    return str(run.info.run_id)
 
 
 def start_trial_run(

@@ -90,10 +90,13 @@ class Tokenizers:
         return cls(src=src, tgt=tgt)
 
     def encode_src(self, sentences: list[str]) -> list[list[int]]:
-        return self.src.encode(sentences)
+        ids: list[list[int]] = self.src.encode(sentences)  # sentencepiece has no type information
+        return ids
 
     def encode_tgt(self, sentences: list[str]) -> list[list[int]]:
-        return self.tgt.encode(sentences)
+        ids: list[list[int]] = self.tgt.encode(sentences)
+        return ids
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
-        return self.tgt.decode(ids)
+        texts: list[str] = self.tgt.decode(ids)
+        return texts

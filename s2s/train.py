@@ -14,6 +14,7 @@ its results and decisions reach the others by broadcast. Knows nothing of DVC, P
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import resource
@@ -66,7 +67,8 @@ def request_stop(signum: int, frame: object = None) -> None:
 
 def batch_loss(model: Seq2Seq, batch: Batch, criterion: nn.Module, teacher_forcing: float) -> torch.Tensor:
     out = model(batch.src, batch.src_len, batch.tgt_in, teacher_forcing)
-    return criterion(out.logits.reshape(-1, out.logits.size(-1)).float(), batch.tgt_out.reshape(-1))
+    loss: torch.Tensor = criterion(out.logits.reshape(-1, out.logits.size(-1)).float(), batch.tgt_out.reshape(-1))
+    return loss
 
 
 @torch.no_grad()
@@ -90,7 +92,7 @@ def lr_factor(step: int, warmup: int, schedule: str, fraction: float = 0.0) -> f
     if warmup and step < warmup:
         return step / warmup
     if schedule == "inverse_sqrt":
-        return (max(warmup, 1) / step) ** 0.5
+        return float((max(warmup, 1) / step) ** 0.5)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
     return 1.0
@@ -158,7 +160,7 @@ def training_forward(
     """
     ddp = DistributedDataParallel(model, forward_sync_buffers=False) if world.enabled else None
     forward: nn.Module = ddp or model
-    return ddp, torch.compile(forward, dynamic=True) if cfg.compile else forward  # type: ignore[return-value]
+    return ddp, torch.compile(forward, dynamic=True) if cfg.compile else forward  # type: ignore[return-value]  # compile returns a callable Module
 
 
 def patience_exhausted(state: TrainState, cfg: TrainConfig) -> bool:
@@ -229,7 +231,9 @@ class KeptWeights:
         """Average the last epochs' weights (into the model); saved if they replace the kept weights."""
         if len(self.recent) < 2:
             return
-        averaged = {k: sum(sd[k].float() for sd in self.recent) / len(self.recent) for k in self.recent[0]}
+        averaged = {
+            k: functools.reduce(torch.add, [sd[k].float() for sd in self.recent]) / len(self.recent) for k in self.recent[0]
+        }
         self.model.load_state_dict({k: v.to(self.recent[-1][k].dtype) for k, v in averaged.items()})
         bleu, self.average_score = valid_scores()
         epochs = tuple(r.epoch for r in state.history[-len(self.recent) :])
@@ -331,9 +335,8 @@ class Trainer:
         self.amp = use_bf16(cfg, self.device)
         self.ddp, self.forward_model = training_forward(self.model, cfg, world)
         key = checkpoint.resume_key(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir) if resume_dir else ""
-        self.resume_path, self.best_path = (
-            (resume_dir / f"{key}.pt", resume_dir / f"{key}-best.pt") if resume_dir else (None, None)
-        )
+        self.resume_path: Path | None = resume_dir / f"{key}.pt" if resume_dir else None
+        self.best_path: Path | None = resume_dir / f"{key}-best.pt" if resume_dir else None
         self.kept = KeptWeights(self.model, model_cfg, cfg, self.best_path)
 
     def fit(self, out_dir: Path, curve_path: Path, summary_path: Path) -> TrainSummary:
@@ -348,8 +351,9 @@ class Trainer:
             seconds = self.train_epoch(epoch)
             # Rank 0 validates and writes; the others wait for its result, so every rank keeps the same history.
             with all_local_cores(world, self.device, cfg):
-                result = self.validate(epoch, seconds) if world.is_main else None
-            result = world.broadcast(result)
+                mine = self.validate(epoch, seconds) if world.is_main else None
+            result = world.broadcast(mine)  # rank 0's, on every rank
+            assert result is not None
             self.state.history.append(result)
             self.kept.consider(self.state, result, out_dir, world.is_main)
             if world.is_main:
@@ -390,7 +394,7 @@ class Trainer:
                 s.epoch_seconds = time.perf_counter() - start
                 self.save_state()
             if step % report_every == 0 or step == len(batches):
-                elapsed, fraction, lr = self.budget.elapsed(), self.run_fraction(), self.scheduler.get_last_lr()[0]
+                elapsed, fraction, lr = self.budget.elapsed(), self.run_fraction(), float(self.scheduler.get_last_lr()[0])
                 log_progress(epoch, cfg.epochs, step, len(batches), s, lr, time.perf_counter() - start, elapsed, fraction)
         return time.perf_counter() - start
 
@@ -407,8 +411,8 @@ class Trainer:
             sync = self.ddp.no_sync() if self.ddp is not None and k < len(micro) - 1 else contextlib.nullcontext()
             try:
                 with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    loss = batch_loss(self.forward_model, batch, self.criterion, cfg.teacher_forcing)  # type: ignore[arg-type]
-                (loss * weight).backward()
+                    loss = batch_loss(self.forward_model, batch, self.criterion, cfg.teacher_forcing)  # type: ignore[arg-type]  # DDP/compiled wrapper of a Seq2Seq
+                (loss * weight).backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
             except torch.cuda.OutOfMemoryError:
                 raise out_of_memory(epoch, step, batch, cfg) from None
             if weight:
@@ -466,8 +470,9 @@ class Trainer:
         rng = self.world.gather(rng_state()) if self.resume_path is not None else []
         if self.resume_path is not None and self.world.is_main:
             self.state.seconds = self.budget.elapsed()
-            parts = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "progress": self.state}
-            checkpoint.atomic_torch_save({**{k: v.state_dict() for k, v in parts.items()}, "rng": rng}, self.resume_path)
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "progress": self.state.state_dict(), "rng": rng}  # fmt: skip
+            checkpoint.atomic_torch_save(state, self.resume_path)
 
     def load_state(self) -> bool:
         """Continue from the resume state rank 0 reads; every rank gets the same one."""

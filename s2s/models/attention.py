@@ -58,7 +58,8 @@ class GeneralAttention(Attention):
         self.proj = nn.Linear(key_size, query_size, bias=False)
 
     def prepare(self, keys: torch.Tensor) -> torch.Tensor:
-        return self.proj(keys)  # (B, S, Hq)
+        prepared: torch.Tensor = self.proj(keys)  # (B, S, Hq)
+        return prepared
 
     def score(self, query: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
         return query @ prepared.transpose(1, 2)
@@ -75,11 +76,13 @@ class AdditiveAttention(Attention):
         self.v = nn.Linear(size, 1, bias=False)
 
     def prepare(self, keys: torch.Tensor) -> torch.Tensor:
-        return self.k_proj(keys)  # (B, S, A): U h_j, the same at every decoder step
+        prepared: torch.Tensor = self.k_proj(keys)  # (B, S, A): U h_j, the same at every decoder step
+        return prepared
 
     def score(self, query: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
         q = self.q_proj(query)[:, :, None, :]  # (B, T, 1, A)
-        return self.v(torch.tanh(q + prepared[:, None, :, :])).squeeze(-1)  # (B, T, S)
+        scores: torch.Tensor = self.v(torch.tanh(q + prepared[:, None, :, :]))  # (B, T, S, 1)
+        return scores.squeeze(-1)  # (B, T, S)
 
 
 # Luong et al. 2015's names for the scores of its global attention.

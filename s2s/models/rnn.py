@@ -96,4 +96,5 @@ class RNNSeq2Seq(Seq2Seq):
         return DecoderState(memory=memory, mask=mask, hidden=self.bridge(final), cache=cache, static=self.decoder.static)
 
     def decode(self, tgt_in: torch.Tensor, state: DecoderState) -> DecoderOutput:
-        return self.decoder(tgt_in, state)
+        out: DecoderOutput = self.decoder(tgt_in, state)
+        return out

@@ -35,6 +35,8 @@ from step to step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -44,7 +46,7 @@ from s2s.models.base import DecoderOutput, DecoderState
 from s2s.models.dropout import Dropout
 from s2s.tokenizer import PAD
 
-RNN_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+RNN_CELLS: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 def recurrent(cfg: RNNConfig, input_size: int, bidirectional: bool) -> nn.RNNBase:
@@ -111,7 +113,8 @@ class DeepOutput(nn.Module):
         r = self.proj(features)  # (B, T, size * pool)
         # maxout: the max over each pair of units
         r = r.unflatten(-1, (-1, self.pool)).amax(-1) if self.pool > 1 else torch.tanh(r)  # (B, T, size)
-        return self.out(self.dropout(r))
+        logits: torch.Tensor = self.out(self.dropout(r))
+        return logits
 
 
 class RNNDecoder(nn.Module):
@@ -135,7 +138,7 @@ class RNNDecoder(nn.Module):
 
     @staticmethod
     def _rnn_hidden(state: DecoderState) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        return state.hidden if len(state.hidden) > 1 else state.hidden[0]
+        return (state.hidden[0], state.hidden[1]) if len(state.hidden) > 1 else state.hidden[0]
 
     @staticmethod
     def _state(state: DecoderState, hidden: object, cache: tuple[torch.Tensor, ...], steps: int) -> DecoderState:
@@ -251,18 +254,19 @@ class LuongDecoder(RNNDecoder):
             attentional, weights = self._attend(out, values, keys, state.mask)
             return DecoderOutput(self.out(attentional), self._state(state, hidden, state.cache, tgt_in.size(1)), weights)
         hidden, feed = state.hidden, state.cache[2]
-        steps, weights = [], []
+        steps: list[torch.Tensor] = []
+        weights_at: list[torch.Tensor] = []
         for t in range(tgt_in.size(1)):
             out, hidden = self.cell(torch.cat([emb[:, t], feed], dim=-1), hidden)  # (B, H)
             attentional, w = self._attend(out[:, None, :], values, keys, state.mask)  # (B, 1, H), (B, 1, S)
             feed = attentional[:, 0]
             steps.append(attentional)
-            weights.append(w)
+            weights_at.append(w)
         logits = self.out(torch.cat(steps, 1))  # (B, T, V)
-        return DecoderOutput(logits, self._state(state, hidden, (values, keys, feed), tgt_in.size(1)), torch.cat(weights, 1))
+        return DecoderOutput(logits, self._state(state, hidden, (values, keys, feed), tgt_in.size(1)), torch.cat(weights_at, 1))
 
 
-DECODERS: dict[str, type[RNNDecoder]] = {
+DECODERS: dict[str, Callable[[int, int, RNNConfig], RNNDecoder]] = {  # (target vocab, encoder size, config)
     "sutskever": SutskeverDecoder,
     "cho": ChoDecoder,
     "bahdanau": BahdanauDecoder,

@@ -34,6 +34,7 @@ def sinusoids(length: int, dim: int) -> torch.Tensor:
 
 
 class Embedding(nn.Module):
+    table: torch.Tensor  # the sinusoids, a buffer (positions: sinusoidal)
     """Token embedding scaled by sqrt(d) plus sinusoidal or learned positions."""
 
     def __init__(self, vocab: int, cfg: TransformerConfig) -> None:
@@ -56,7 +57,8 @@ class Embedding(nn.Module):
         if end > self.max_positions:
             raise ValueError(f"sequence of {end} positions exceeds model.transformer.max_positions={self.max_positions}")
         pos = self.learned.weight[start:end] if self.positions == "learned" else self.table[start:end]
-        return self.dropout(self.tokens(ids) * self.scale + pos)
+        embedded: torch.Tensor = self.dropout(self.tokens(ids) * self.scale + pos)
+        return embedded
 
 
 class MultiHeadAttention(nn.Module):
@@ -124,7 +126,8 @@ class EncoderLayer(nn.Module):
         h = self.norm1(x)
         k, v = self.attn.keys_values(h)
         x = x + self.dropout(self.attn(h, k, v, mask[:, None, :])[0])  # (B, S, D)
-        return x + self.dropout(self.ff(self.norm2(x)))
+        out: torch.Tensor = x + self.dropout(self.ff(self.norm2(x)))
+        return out
 
 
 class DecoderLayer(nn.Module):
@@ -180,6 +183,12 @@ class TransformerSeq2Seq(Seq2Seq):
         if cfg.tie_output:
             self.out.weight = self.tgt_embed.tokens.weight
 
+    def encoder_layers(self) -> list[EncoderLayer]:
+        return [layer for layer in self.encoder if isinstance(layer, EncoderLayer)]  # all of them: ModuleList is untyped
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return [layer for layer in self.decoder if isinstance(layer, DecoderLayer)]
+
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> DecoderState:
         mask = torch.arange(src.size(1), device=src.device)[None, :] < src_len[:, None]  # (B, S)
         x = self.src_embed(src)  # (B, S, D)
@@ -187,7 +196,7 @@ class TransformerSeq2Seq(Seq2Seq):
             x = layer(x, mask)
         memory = self.enc_norm(x)
         # Cross-attention keys/values depend only on the source: compute them once.
-        cross = tuple(t for layer in self.decoder for t in layer.cross_attn.keys_values(memory))
+        cross = tuple(t for layer in self.decoder_layers() for t in layer.cross_attn.keys_values(memory))
         return DecoderState(memory=memory, mask=mask, cache=cross, step=0, static=len(cross))
 
     def decode(self, tgt_in: torch.Tensor, state: DecoderState) -> DecoderOutput:
