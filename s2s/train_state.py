@@ -43,6 +43,10 @@ class TrainState:
         values["history"] = [EpochResult(**h) for h in values["history"]]
         kept = values.get("kept")
         values["kept"] = Kept(**{**kept, "averaged": tuple(kept["averaged"])}) if kept else None
+        best, bleu = values.pop("best_score", None), values.pop("best_bleu", None)  # saved before Kept was
+        if values["kept"] is None and best is not None:  # the latest epoch of that score: a tie kept the later one
+            epoch = max(r.epoch for r in values["history"] if r.valid_score == best)
+            values["kept"] = Kept(best, bleu if bleu is not None else best, epoch=epoch)
         for name, value in values.items():
             setattr(self, name, value)
 

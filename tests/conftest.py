@@ -1,4 +1,4 @@
-"""Fixtures shared by the tests, and `--shuffle SEED` (the suite in a random order); helpers are in support.py."""
+"""Fixtures shared by the tests, and `--shuffle SEED` (modules and their tests in a random order); helpers: support.py."""
 
 from __future__ import annotations
 
@@ -14,9 +14,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --shuffle: the modules in a random order, and the tests of each in a random order. No test may depend on
+    another having run first; a module's tests stay together so that its module-scoped fixtures are set up once."""
     seed = config.getoption("--shuffle")
-    if seed is not None:  # no test may depend on another having run first
-        random.Random(seed).shuffle(items)
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    order = list(modules.values())
+    rng.shuffle(order)
+    for group in order:
+        rng.shuffle(group)
+    items[:] = [item for group in order for item in group]
 
 
 @pytest.fixture(scope="session")

@@ -39,3 +39,12 @@ def test_rng_state_restores_both_streams() -> None:
     set_rng_state(saved)
     again = (torch.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and first[1] == again[1]
+
+
+def test_a_resume_state_saved_before_kept_was_recorded_names_the_kept_epoch() -> None:
+    history = [EpochResult(e, 4.0, 3.0, 20.1, score, score, 100.0, 10.0) for e, score in ((1, 9.5), (2, 12.0), (3, 11.0))]
+    old = {**TrainState(epoch=4, history=history).state_dict(), "best_score": 12.0, "best_bleu": 12.0}
+    del old["kept"]
+    state = TrainState()
+    state.load_state_dict(old)
+    assert state.kept == Kept(12.0, 12.0, epoch=2) and not hasattr(state, "best_score")
