@@ -39,19 +39,21 @@ def test_entry_point_imports(module: str) -> None:
     importlib.import_module(module)
 
 
-def test_prefect_server_app_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prefect_server_app_answers(tmp_path: Path) -> None:
+    """The API app builds and answers, on a database of its own (Prefect reads settings once: they are set here)."""
     from fastapi.testclient import TestClient
-
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
-    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}")
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.server.api.server import create_app
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_HOME, temporary_settings
 
-    with TestClient(create_app(ephemeral=True)) as client:  # its start-up creates the database
+    database = f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
+    settings = {PREFECT_HOME: str(tmp_path), PREFECT_API_DATABASE_CONNECTION_URL: database}
+    # Entered left to right: the app is created under the settings; its start-up creates the database.
+    with temporary_settings(settings), TestClient(create_app(ephemeral=True)) as client:
         health = client.get("/api/health")
         flows = client.post("/api/flows/filter", json={})
     assert (health.status_code, health.json()) == (200, True)
-    assert flows.status_code == 200 and flows.json() == []
+    assert flows.status_code == 200 and flows.json() == []  # its own, new database: no flow yet
+    assert (tmp_path / "prefect.db").is_file()
 
 
 def imported(path: Path) -> set[str]:
