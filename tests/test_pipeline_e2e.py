@@ -146,12 +146,15 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     assert [v["version"] for v in versions] == ["1", "2"]
     assert versions[0]["s2s.lineage"] != versions[1]["s2s.lineage"]
     # The gate compared v2 with champion v1 on the same test set and wrote why.
-    # The verdict follows from the two test scores and the margin (promote.margin 0: any gain above the floor wins).
+    # The verdict follows from the scores: below the floor (copying the source; promote.min_score 0) a challenger is
+    # rejected without decoding the champion; above it, any gain over the champion wins (promote.margin 0).
     gate = third.gate
-    assert gate.champion_version == "1" and gate.challenger is not None and gate.champion is not None
-    wins = gate.challenger - gate.champion > 0 and gate.challenger > third.metrics.copy_source_bleu
-    assert gate.decision == ("promoted" if wins else "rejected")
-    assert gate.challenger == third.metrics.bleu and gate.champion == first.metrics.bleu
+    assert gate.champion_version == "1" and gate.challenger == third.metrics.bleu
+    if gate.challenger <= third.metrics.copy_source_bleu:
+        assert (gate.decision, gate.champion) == ("rejected", None)
+    else:
+        assert gate.champion == first.metrics.bleu
+        assert gate.decision == ("promoted" if gate.challenger > gate.champion else "rejected")
     assert versions[1]["s2s.gate.champion_version"] == "1"
     assert versions[1]["s2s.gate.reason"].startswith("bleu ")
     commit_run(ws, "v2")
