@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from s2s.errors import S2SError
-from s2s.layout import read_prepared
+from s2s.layout import Example, read_examples
 from s2s.tokenizer import BOS, EOS, PAD, Tokenizers
 
 log = logging.getLogger(__name__)
@@ -128,14 +128,23 @@ class ParallelData:
         return len(bucket_indices(self.lengths(), batch_tokens, shuffle=False))
 
 
-def encode_split(tok: Tokenizers, prepared: Path, split: str, max_tokens: int) -> tuple[ParallelData, list[tuple[str, str]], int]:
-    """Tokenize a split once; pairs longer than `max_tokens` subwords are left out of training, and counted."""
-    pairs = read_prepared(prepared, split)
-    src = tok.encode_src([s for s, _ in pairs])
-    tgt = tok.encode_tgt([t for _, t in pairs])
-    keep = [i for i in range(len(pairs)) if 0 < len(src[i]) <= max_tokens and 0 < len(tgt[i]) <= max_tokens]
-    dropped = len(pairs) - len(keep)
-    return ParallelData([src[i] for i in keep], [tgt[i] for i in keep]), [pairs[i] for i in keep], dropped
+def encode_split(
+    tok: Tokenizers, prepared: Path, split: str, max_tokens: int, truncate_source: bool = False
+) -> tuple[ParallelData, list[Example], int]:
+    """Tokenize a split once; pairs longer than `max_tokens` subwords are left out of training, and counted.
+
+    With `truncate_source`, a long source is cut to `max_tokens` instead (documents: the start of an email says most
+    about its subject); a long target still leaves the pair out. Returns the data, its items as text, and the count
+    left out.
+    """
+    examples = read_examples(prepared, split)
+    src = tok.encode_src([e.src for e in examples])
+    tgt = tok.encode_tgt([e.tgt for e in examples])
+    if truncate_source:
+        src = [s[:max_tokens] for s in src]
+    keep = [i for i in range(len(examples)) if 0 < len(src[i]) <= max_tokens and 0 < len(tgt[i]) <= max_tokens]
+    dropped = len(examples) - len(keep)
+    return ParallelData([src[i] for i in keep], [tgt[i] for i in keep]), [examples[i] for i in keep], dropped
 
 
 @dataclass(frozen=True)
@@ -143,16 +152,16 @@ class TrainingData:
     """The training and validation splits, tokenized once; `too_long` training pairs were left out."""
 
     train: ParallelData
-    valid: ParallelData
-    valid_pairs: list[tuple[str, str]]  # the validation sentences kept, as text (for BLEU)
+    valid: ParallelData  # for the validation loss: pairs within train.max_tokens, as trained
+    valid_examples: list[Example]  # every validation item, for validation scores (a benchmark is scored whole)
     too_long: int
 
     @classmethod
-    def load(cls, tok: Tokenizers, prepared: Path, max_tokens: int) -> TrainingData:
-        train, _, too_long = encode_split(tok, prepared, "train", max_tokens)
-        valid, valid_pairs, _ = encode_split(tok, prepared, "valid", max_tokens)
+    def load(cls, tok: Tokenizers, prepared: Path, max_tokens: int, truncate_source: bool = False) -> TrainingData:
+        train, _, too_long = encode_split(tok, prepared, "train", max_tokens, truncate_source)
+        valid, _, _ = encode_split(tok, prepared, "valid", max_tokens, truncate_source)
         if len(train) == 0:
             raise DataError(f"no training pairs left: all {too_long} exceed train.max_tokens={max_tokens}")
         if too_long:
             log.warning("left out %d training pairs longer than train.max_tokens=%d subwords", too_long, max_tokens)
-        return cls(train, valid, valid_pairs, too_long)
+        return cls(train, valid, read_examples(prepared, "valid"), too_long)

@@ -95,6 +95,11 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Seq2Seq,
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: {err}") from None
+    trained = payload.get("train_config") or {}
+    if trained.get("long_sources") == "truncate":
+        # Trained on sources cut to max_tokens: every engine cuts them there too, as training saw them.
+        limit = int(trained["max_tokens"])
+        model.max_source_tokens = min(model.max_source_tokens or limit, limit)
     model.to(device).eval()
     return model, cfg, payload
 

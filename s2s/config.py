@@ -51,24 +51,75 @@ class Location(_Section):
 
 
 class SplitSource(_Section):
-    """One split: two line-aligned files (`src`, `tgt`) or one two-column TSV (`tsv`)."""
+    """One split: two line-aligned files (`src`, `tgt`), one two-column TSV (`tsv`), or documents (`jsonl`, `csv`).
+
+    Documents are read field by field as `FilesSource.fields` names them.
+    """
+
+    DOCUMENTS: ClassVar[tuple[str, ...]] = ("jsonl", "csv")
 
     src: Location | None = None
     tgt: Location | None = None
     tsv: Location | None = None
+    jsonl: Location | None = None  # JSON Lines: one object per line
+    csv: Location | None = None  # CSV with a header row naming the fields; RFC 4180 quoting, so texts may hold newlines
 
     @model_validator(mode="after")
     def _one_layout(self) -> SplitSource:
-        pair = self.src is not None and self.tgt is not None
-        if pair == (self.tsv is not None) or (self.src is None) != (self.tgt is None):
-            raise ValueError("give either both `src` and `tgt`, or `tsv` alone")
+        if (self.src is None) != (self.tgt is None):
+            raise ValueError("give both `src` and `tgt` (line-aligned files), or one of `tsv`, `jsonl`, `csv`")
+        layouts = [self.src is not None, self.tsv is not None, self.jsonl is not None, self.csv is not None]
+        if sum(layouts) != 1:
+            raise ValueError("give exactly one layout: `src` and `tgt`, or `tsv`, or `jsonl`, or `csv`")
         return self
+
+    @property
+    def document(self) -> tuple[str, Location] | None:
+        """("jsonl" | "csv", its location) when the split is documents, else None."""
+        for kind in self.DOCUMENTS:
+            location: Location | None = getattr(self, kind)
+            if location is not None:
+                return kind, location
+        return None
+
+    def locations(self) -> dict[str, Location]:
+        """layout key (src, tgt, tsv, jsonl, csv) -> location, for the keys given."""
+        keys = ("src", "tgt", "tsv", *self.DOCUMENTS)
+        return {key: location for key in keys if (location := getattr(self, key)) is not None}
+
+
+class DocumentFields(_Section):
+    """Which fields of a JSON Lines or CSV document hold what (README "Tasks")."""
+
+    source: str = Field(min_length=1)  # the input text, e.g. an email body
+    target: str = Field(min_length=1)  # the output text trained on, e.g. its subject line
+    # Fields holding further references of valid/test items (e.g. [ann0, ann1, ann2]); scored as evaluate.references says.
+    references: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    id: str | None = None  # a field carried through to reports/hypotheses.tsv
+    # Each line break of a text becomes this separator (runs of breaks one), which the tokenizer learns like any
+    # character; null: line breaks are spaces like any other whitespace.
+    newline: str | None = "¶"
+
+    @field_validator("newline")
+    @classmethod
+    def _visible(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c in value for c in "\t\n\r")):
+            raise ValueError("must be a visible separator without tabs or line breaks (or null)")
+        return value
 
 
 class FilesSource(_Section):
     train: SplitSource
     valid: SplitSource | None = None
     test: SplitSource | None = None
+    fields: DocumentFields | None = None  # needed when a split is jsonl or csv
+
+    @model_validator(mode="after")
+    def _fields_given(self) -> FilesSource:
+        documents = [name for name in ("train", "valid", "test") if (s := getattr(self, name)) is not None and s.document]
+        if documents and self.fields is None:
+            raise ValueError(f"{', '.join(documents)} read documents (jsonl/csv): name their `fields` (source, target, ...)")
+        return self
 
 
 class BuiltinSource(_Section):
@@ -82,11 +133,17 @@ class HoldoutConfig(_Section):
 
 
 class CleanConfig(_Section):
-    max_words: int = Field(default=100, ge=1)
-    max_ratio: float = Field(default=3.0, gt=1.0)
+    """Cleaning of the training split (given valid/test sets are never filtered); each rule null or 0 when off."""
+
+    max_words: int | None = Field(default=100, ge=1)  # null: no length filter (documents)
+    max_ratio: float | None = Field(default=3.0, gt=1.0)  # null: no length-ratio filter (summaries are short by design)
     min_ratio_words: int = Field(default=4, ge=1)
+    # Sources longer than this many words are cut to it (counted as `truncated`), not dropped; null: never cut.
+    max_source_words: int | None = Field(default=None, ge=1)
     dedup: bool = True
     drop_leaks: bool = True
+    # Ingest fails when cleaning keeps less than this share of a split read from files: a run must not train on nothing.
+    min_kept: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
 class IngestConfig(_Section):
@@ -227,6 +284,9 @@ class TrainConfig(_Section):
     valid_bleu_sentences: int = Field(default=500, ge=1)
     select_metric: MetricName = "bleu"  # on the validation sentences; picks the checkpoint kept and drives patience
     max_tokens: int = Field(default=128, ge=2)
+    # A training source longer than max_tokens subwords: drop the pair, or truncate the source (documents); a long
+    # target always drops the pair.
+    long_sources: Literal["drop", "truncate"] = "drop"
     threads: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=200, ge=0)
     patience: int = Field(default=0, ge=0)
@@ -247,13 +307,24 @@ class DecodingConfig(_Section):
     # What a request (serving, `s2s translate`) may set, and its type; n_best is a request's only, not a config key.
     REQUEST_OPTIONS: ClassVar[dict[str, type]] = {
         "beam_size": int, "n_best": int, "length_penalty": float, "max_len_a": float, "max_len_b": int,
+        "min_len": int, "no_repeat_ngram": int,
     }  # fmt: skip
 
     beam_size: int = Field(default=1, ge=1)
     batch_size: int = Field(default=128, ge=1)
-    max_len_a: float = Field(default=1.5, gt=0.0)
+    # A batch also holds at most this many source subwords x beam: memory stays bounded on long sources.
+    batch_tokens: int = Field(default=40000, ge=1)
+    max_len_a: float = Field(default=1.5, ge=0.0)  # 0: the limit is max_len_b alone (summaries)
     max_len_b: int = Field(default=10, ge=0)
+    min_len: int = Field(default=0, ge=0)  # no EOS before this many output subwords
+    no_repeat_ngram: int = Field(default=0, ge=0)  # no n-gram of this many subwords twice in an output (fairseq's); 0 off
     length_penalty: float = Field(default=1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _some_output(self) -> DecodingConfig:
+        if self.max_len_a == 0 and self.max_len_b == 0:
+            raise ValueError("max_len_a and max_len_b are both 0: no output could be generated")
+        return self
 
     def decoding(self) -> DecodingConfig:
         """The decoding keys alone (of an EvaluateConfig too): what a registered model decodes with."""
@@ -269,10 +340,21 @@ class DecodingConfig(_Section):
         return "greedy" if self.beam_size == 1 else f"beam{self.beam_size}"
 
 
-class EvaluateConfig(DecodingConfig):
-    # The keys that validation during training decodes with (greedily); the train stage depends on these only.
-    VALIDATION_KEYS: ClassVar[tuple[str, ...]] = ("batch_size", "max_len_a", "max_len_b")
+RougeMulti = Literal["best", "mean"]  # several references: the best F per item (rouge-score's score_multi), or the mean
 
+
+class EvaluateConfig(DecodingConfig):
+    # The keys that validation during training decodes (greedily) and scores with; the train stage depends on these only.
+    VALIDATION_KEYS: ClassVar[tuple[str, ...]] = (
+        "batch_size", "batch_tokens", "max_len_a", "max_len_b", "min_len", "no_repeat_ngram",
+        "references", "rouge_multi", "rouge_stemmer",
+    )  # fmt: skip
+
+    # What outputs are scored against: `given` the references the data names (ingest fields.references; the target
+    # where it names none), or `target` alone. Validation, evaluation and the gate all use this one set.
+    references: Literal["given", "target"] = "given"
+    rouge_multi: RougeMulti = "best"
+    rouge_stemmer: bool = False  # rouge-score's Porter stemmer (English)
     attention_maps: int = Field(default=4, ge=0)
     # Other decodings to score too (`greedy`, `beam5`, ...), beside the one above, which the model is registered and
     # served with and which the gate uses; each differs in beam size only.

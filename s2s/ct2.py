@@ -34,7 +34,7 @@ from s2s.errors import ExportError
 from s2s.models.transformer import Embedding, TransformerSeq2Seq
 from s2s.search import length_penalty, max_lengths
 from s2s.tokenizer import BOS, EOS, PAD, UNK, Tokenizers
-from s2s.translate import length_batches, source_ids
+from s2s.translate import decode_batches, source_ids
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def convert(model_path: Path, tokenizer_dir: Path, out_dir: Path, quantization: 
     out_dir.mkdir(parents=True)
     spec.save(str(out_dir))
     meta = {"engine": "ctranslate2", "quantization": quantization, "ctranslate2": ct2.__version__,
-            "max_positions": cfg.transformer.max_positions}  # fmt: skip
+            "max_positions": cfg.transformer.max_positions, "max_source_tokens": model.max_source_tokens}  # fmt: skip
     (out_dir / ENGINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     log.info("converted %s to CTranslate2 (%s) in %s", model_path, quantization, out_dir)
     return out_dir
@@ -200,9 +200,13 @@ class CT2Translator:
 
     engine = "ctranslate2"
 
-    def __init__(self, translator: Any, tokenizers: Tokenizers, quantization: str, max_positions: int | None) -> None:
+    def __init__(
+        self, translator: Any, tokenizers: Tokenizers, quantization: str, max_positions: int | None,
+        max_source_tokens: int | None = None,
+    ) -> None:  # fmt: skip
         self.translator, self.tok, self.quantization = translator, tokenizers, quantization
         self.max_positions = max_positions
+        self.max_source_tokens = max_source_tokens or max_positions  # the model's source limit, as its checkpoint says
         # Never generated, as in s2s's own search (search.NEVER).
         self.suppress = [[tokenizers.tgt.id_to_piece(PAD)], [tokenizers.tgt.id_to_piece(BOS)]]
 
@@ -220,11 +224,12 @@ class CT2Translator:
             str(model_dir), device=device, compute_type="default", inter_threads=1,
             intra_threads=threads or torch.get_num_threads(),
         )  # fmt: skip
-        return cls(translator, Tokenizers.load(tokenizer_dir), quantization, meta.get("max_positions"))
+        return cls(translator, Tokenizers.load(tokenizer_dir), quantization, meta.get("max_positions"),
+                   meta.get("max_source_tokens"))  # fmt: skip
 
     def nbest_pieces(self, sources: list[str], n: int, cfg: DecodingConfig) -> list[list[list[str]]]:
         """The `n` best target pieces of each sentence, best first, in input order."""
-        ids = source_ids(self.tok, sources, self.max_positions)
+        ids = source_ids(self.tok, sources, self.max_source_tokens)
         beam = cfg.beam_for(n)
         cap = self.max_positions - 1 if self.max_positions else None
         limits = max_lengths(torch.tensor([len(s) for s in ids]), cfg.max_len_a, cfg.max_len_b, cap).tolist()
@@ -236,13 +241,14 @@ class CT2Translator:
             "return_scores": True,
         }  # fmt: skip
         results: list[list[list[str]]] = [[] for _ in ids]
-        for index in length_batches(ids, cfg.batch_size):
+        for index in decode_batches(ids, cfg, beam):
             out = self.translator.translate_batch(
                 [[self.tok.src.id_to_piece(t) for t in ids[i]] for i in index],
                 **options,
                 # One limit per call: the batch's largest (+1 for EOS), then each sentence cut to its own below.
                 max_decoding_length=max(limits[i] for i in index) + 1,
-                min_decoding_length=0,
+                min_decoding_length=cfg.min_len,
+                no_repeat_ngram_size=cfg.no_repeat_ngram,
                 max_input_length=0,  # source_ids already cut the source
                 suppress_sequences=self.suppress,
             )

@@ -21,6 +21,7 @@ class DecodingScores:
     rouge1: float
     rouge2: float
     rougeL: float
+    exact_match: float
     beam_size: int
     decode_seconds: float
     sentences_per_second: float
@@ -42,6 +43,8 @@ class EvalReport:
     rouge2: float
     rougeL: float
     rouge_signature: str
+    exact_match: float
+    exact_match_signature: str
     # The trivial baseline a model must beat, in every metric the gate may use: the source copied unchanged.
     copy_source_bleu: float
     copy_source_chrf: float
@@ -49,6 +52,7 @@ class EvalReport:
     copy_source_rouge1: float
     copy_source_rouge2: float
     copy_source_rougeL: float
+    copy_source_exact_match: float
     by_source_length: dict[str, dict[str, float]]  # "1-10" -> {"sentences": n, "bleu": b}
     sentences: int
     beam_size: int
@@ -56,6 +60,9 @@ class EvalReport:
     sentences_per_second: float
     device: str
     also: dict[str, DecodingScores] = field(default_factory=dict)  # evaluate.also's decodings by name
+    references: int = 1  # references per item the scores above are against (evaluate.references)
+    # Where items have further references: scores against "target" alone and "references/best", "references/mean".
+    reference_sets: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def score(self, metric: str) -> float:
         """The served decoding's test score in `metric` (a s2s.metrics name)."""
@@ -78,5 +85,11 @@ class EvalReport:
     def read(cls, path: Path) -> EvalReport:
         values = json.loads(path.read_text(encoding="utf-8"))
         values.setdefault("decoding", "")  # written before the report named its decoding
-        values["also"] = {name: DecodingScores(**scores) for name, scores in values.get("also", {}).items()}
+        # Written before exact match was scored: not a score of 0, but none.
+        for key in ("exact_match", "copy_source_exact_match"):
+            values.setdefault(key, float("nan"))
+        values.setdefault("exact_match_signature", "")
+        values["also"] = {
+            name: DecodingScores(**{"exact_match": float("nan"), **scores}) for name, scores in values.get("also", {}).items()
+        }
         return cls(**values)

@@ -8,8 +8,10 @@ every split read from input; lines that are kept but changed are counted under
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
@@ -23,10 +25,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from s2s.config import CleanConfig, IngestConfig, Location, SplitSource
+from s2s.config import CleanConfig, DocumentFields, IngestConfig, Location, SplitSource
 from s2s.corpus import generate_pairs
 from s2s.errors import S2SError
-from s2s.layout import DOWNLOADS_DIR, RAW_DIR, SPLITS, Pair, write_prepared
+from s2s.layout import DOWNLOADS_DIR, RAW_DIR, SPLITS, Example, write_prepared
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,13 @@ log = logging.getLogger(__name__)
 # sentences read from two-file corpora (a TSV line's tab is its column separator).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SPACES = re.compile(r"\s+")
+# A run of line breaks (with the blanks around them) in a document; U+2028/2029 and NEL are line breaks too.
+_BREAKS = re.compile(r"[ \t]*(?:\r\n|[\r\n\x85\u2028\u2029])(?:\s*(?:\r\n|[\r\n\x85\u2028\u2029]))*[ \t]*")
+# The clean rule a drop reason comes from: the key to change when ingest keeps too little.
+REASON_KEYS = {
+    "too_long": "ingest.clean.max_words", "length_ratio": "ingest.clean.max_ratio", "duplicate": "ingest.clean.dedup",
+    "leak": "ingest.clean.drop_leaks",
+}  # fmt: skip
 
 
 class IngestError(S2SError, RuntimeError):
@@ -70,11 +79,13 @@ class SplitStats:
 
 @dataclass(frozen=True)
 class RawLine:
-    """One raw pair with the place it came from, for error messages."""
+    """One raw item with the place it came from, for error messages; documents arrive decoded already."""
 
-    src: bytes
-    tgt: bytes
+    src: bytes | str
+    tgt: bytes | str
     where: str
+    refs: tuple[bytes | str, ...] = ()
+    id: str = ""
 
 
 # ---------------------------------------------------------------------------- fetch
@@ -152,8 +163,19 @@ def read_raw_lines(path: Path) -> list[bytes]:
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
 
-def read_split(source: SplitSource, workspace: Path, download_dir: Path) -> tuple[list[RawLine], SplitStats]:
+def read_split(
+    source: SplitSource, workspace: Path, download_dir: Path, fields: DocumentFields | None = None, references: bool = False
+) -> tuple[list[RawLine], SplitStats]:
+    """A split's raw items; `references`: read the reference fields too (valid and test)."""
     stats = SplitStats()
+    document = source.document
+    if document is not None:
+        kind, location = document
+        assert fields is not None  # guaranteed by FilesSource
+        path = fetch(location, workspace, download_dir)
+        documents = read_documents(path, kind, fields, references)
+        stats.read = len(documents)
+        return documents, stats
     if source.tsv is not None:
         path = fetch(source.tsv, workspace, download_dir)
         rows: list[RawLine] = []
@@ -182,13 +204,71 @@ def read_split(source: SplitSource, workspace: Path, download_dir: Path) -> tupl
     return rows, stats
 
 
+def _records(path: Path, kind: str) -> list[tuple[int, object]]:
+    """(line number, parsed record) of a JSON Lines or CSV file; a record that does not parse is an error."""
+    lines = read_raw_lines(path)
+    for number, line in enumerate(lines, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise IngestError(f"{path}:{number}: not valid UTF-8") from None
+    text = b"\n".join(lines).decode("utf-8")
+    if kind == "csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        out: list[tuple[int, object]] = []
+        try:
+            reader.fieldnames  # noqa: B018 -- reads the header row, so that line_num counts from the first record
+            start = reader.line_num + 1
+            for record in reader:
+                out.append((start, record))
+                start = reader.line_num + 1
+        except csv.Error as err:
+            raise IngestError(f"{path}:{reader.line_num}: not valid CSV: {err}") from None
+        return out
+    records: list[tuple[int, object]] = []
+    for number, line_text in enumerate(text.split("\n"), start=1):
+        if not line_text.strip():
+            continue
+        try:
+            records.append((number, json.loads(line_text)))
+        except json.JSONDecodeError as err:
+            raise IngestError(f"{path}:{number}: not valid JSON: {err.msg} (column {err.colno})") from None
+    return records
+
+
+def read_documents(path: Path, kind: str, fields: DocumentFields, references: bool) -> list[RawLine]:
+    """Items of a JSON Lines or CSV file; a missing or non-string field is an error naming file, line and field."""
+    names = [fields.source, fields.target, *(fields.references if references else ()), *([fields.id] if fields.id else [])]
+    rows = []
+    for number, record in _records(path, kind):
+        where = f"{path}:{number}"
+        if not isinstance(record, dict):
+            raise IngestError(f"{where}: expected an object with fields {', '.join(names)}, got {type(record).__name__}")
+        for name in names:
+            value = record.get(name)
+            if value is None:
+                raise IngestError(f"{where}: field {name!r} is missing (fields: {', '.join(map(str, record)) or 'none'})")
+            if not isinstance(value, str):
+                raise IngestError(f"{where}: field {name!r} is a {type(value).__name__}, expected a string")
+        texts = [_breaks(record[name], fields.newline) for name in names]
+        n_refs = len(fields.references) if references else 0
+        rows.append(RawLine(texts[0], texts[1], where, tuple(texts[2 : 2 + n_refs]),
+                            str(record[fields.id]).strip() if fields.id else ""))  # fmt: skip
+    return rows
+
+
+def _breaks(text: str, newline: str | None) -> str:
+    """Line breaks of a document as the visible separator (one per run of breaks), or as spaces."""
+    return _BREAKS.sub(f" {newline} " if newline else " ", text.strip())
+
+
 # ---------------------------------------------------------------------------- clean
 
 
-def _clean_side(raw: bytes, stats: SplitStats) -> tuple[str | None, str | None]:
+def _clean_side(raw: bytes | str, stats: SplitStats) -> tuple[str | None, str | None]:
     """Decoded, whitespace-normalised text, or (None, reason) when the line must go."""
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:
         return None, "invalid_utf8"
     if _CONTROL.search(text):
@@ -201,44 +281,65 @@ def _clean_side(raw: bytes, stats: SplitStats) -> tuple[str | None, str | None]:
     return normal, None
 
 
-def clean_lines(rows: list[RawLine], stats: SplitStats, cfg: CleanConfig, filters: bool = True) -> list[Pair]:
+def _usable(row: RawLine, stats: SplitStats) -> Example | None:
+    """The item with every text decoded and normalised, or None (dropped, counted) when one of them is unusable."""
+    texts: list[str] = []
+    for raw in (row.src, row.tgt, *row.refs):
+        text, reason = _clean_side(raw, stats)
+        if text is None:
+            stats.drop(reason or "empty", row.where)
+            return None
+        texts.append(text)
+    return Example(texts[0], texts[1], tuple(texts[2:]), row.id)
+
+
+def _filtered(example: Example, cfg: CleanConfig) -> str | None:
+    """The first length rule the (truncated) training item fails, or None."""
+    n_src, n_tgt = len(example.src.split()), len(example.tgt.split())
+    longer, shorter = max(n_src, n_tgt), min(n_src, n_tgt)
+    if cfg.max_words is not None and longer > cfg.max_words:
+        return "too_long"
+    if cfg.max_ratio is not None and longer >= cfg.min_ratio_words and longer > cfg.max_ratio * shorter:
+        return "length_ratio"
+    return None
+
+
+def clean_lines(rows: list[RawLine], stats: SplitStats, cfg: CleanConfig, filters: bool = True) -> list[Example]:
     """Apply the documented rules in order; the first rule that fails names the reason.
 
     Unusable lines (invalid UTF-8, control characters, empty) always go. The
-    filters (length, ratio, duplicates) apply only when `filters` is true: a
-    given valid or test set is a benchmark and must stay as published.
+    truncation and the filters (length, ratio, duplicates) apply only when
+    `filters` is true: a given valid or test set is a benchmark and must stay
+    as published.
     """
-    kept: list[Pair] = []
-    seen: set[Pair] = set()
+    kept: list[Example] = []
+    seen: set[tuple[str, str]] = set()
     for row in rows:
-        src, reason = _clean_side(row.src, stats)
-        tgt, tgt_reason = _clean_side(row.tgt, stats) if src is not None else (None, None)
-        reason = reason or tgt_reason
-        if reason is not None or src is None or tgt is None:
-            stats.drop(reason or "empty", row.where)
+        example = _usable(row, stats)
+        if example is None:
             continue
-        n_src, n_tgt = len(src.split()), len(tgt.split())
         if not filters:
-            kept.append((src, tgt))
+            kept.append(example)
             continue
-        if max(n_src, n_tgt) > cfg.max_words:
-            stats.drop("too_long", row.where)
+        words = example.src.split()
+        if cfg.max_source_words is not None and len(words) > cfg.max_source_words:
+            example = Example(" ".join(words[: cfg.max_source_words]), example.tgt, example.refs, example.id)
+            stats.cleaned["truncated"] += 1
+        reason = _filtered(example, cfg)
+        if reason is None and cfg.dedup and example.pair in seen:
+            reason = "duplicate"
+        if reason is not None:
+            stats.drop(reason, row.where)
             continue
-        if max(n_src, n_tgt) >= cfg.min_ratio_words and max(n_src, n_tgt) > cfg.max_ratio * min(n_src, n_tgt):
-            stats.drop("length_ratio", row.where)
-            continue
-        if cfg.dedup and (src, tgt) in seen:
-            stats.drop("duplicate", row.where)
-            continue
-        seen.add((src, tgt))
-        kept.append((src, tgt))
+        seen.add(example.pair)
+        kept.append(example)
     return kept
 
 
-def drop_leaks(train: list[Pair], held_out: list[Pair], stats: SplitStats) -> list[Pair]:
+def drop_leaks(train: list[Example], held_out: list[Example], stats: SplitStats) -> list[Example]:
     """Remove training pairs whose source also occurs in valid/test (keeps test sets standard)."""
-    sources = {src for src, _ in held_out}
-    kept = [pair for pair in train if pair[0] not in sources]
+    sources = {e.src for e in held_out}
+    kept = [e for e in train if e.src not in sources]
     stats.dropped["leak"] += len(train) - len(kept)
     return kept
 
@@ -246,10 +347,12 @@ def drop_leaks(train: list[Pair], held_out: list[Pair], stats: SplitStats) -> li
 # ----------------------------------------------------------------------------- main
 
 
-def build_splits(cfg: IngestConfig, workspace: Path, download_dir: Path) -> tuple[dict[str, list[Pair]], dict[str, SplitStats]]:
+def build_splits(
+    cfg: IngestConfig, workspace: Path, download_dir: Path
+) -> tuple[dict[str, list[Example]], dict[str, SplitStats]]:
     """Read, clean and split the configured corpus. Pure apart from reading inputs."""
     stats: dict[str, SplitStats] = {}
-    cleaned: dict[str, list[Pair]] = {}
+    cleaned: dict[str, list[Example]] = {}
     if cfg.corpus == "builtin":
         pairs = generate_pairs(cfg.builtin.pairs, cfg.builtin.seed)
         rows = [RawLine(s.encode(), t.encode(), f"builtin:{n}") for n, (s, t) in enumerate(pairs, start=1)]
@@ -261,7 +364,7 @@ def build_splits(cfg: IngestConfig, workspace: Path, download_dir: Path) -> tupl
             source = getattr(cfg.files, split)
             if source is None:
                 continue
-            rows, stats[split] = read_split(source, workspace, download_dir)
+            rows, stats[split] = read_split(source, workspace, download_dir, cfg.files.fields, references=split != "train")
             cleaned[split] = clean_lines(rows, stats[split], cfg.clean, filters=split == "train")
 
     rng = random.Random(cfg.seed)
@@ -281,11 +384,29 @@ def build_splits(cfg: IngestConfig, workspace: Path, download_dir: Path) -> tupl
     if cfg.clean.drop_leaks:
         cleaned["train"] = drop_leaks(cleaned["train"], cleaned["valid"] + cleaned["test"], stats["train"])
     for split in SPLITS:
-        if not cleaned[split]:
-            raise IngestError(f"the {split} split is empty after cleaning: {stats[split].to_dict()['dropped']}")
         if stats[split].read:
             stats[split].kept = len(cleaned[split])
+        if not cleaned[split]:
+            raise IngestError(f"the {split} split is empty after cleaning: {stats[split].to_dict()['dropped']}")
+        check_kept(split, stats[split], cfg.clean.min_kept)
     return cleaned, stats
+
+
+def check_kept(split: str, stats: SplitStats, min_kept: float) -> None:
+    """Fail when cleaning kept less than `min_kept` of what was read (held-out moves are not losses)."""
+    read = stats.read - sum(stats.moved.values())
+    if read <= 0 or stats.kept >= min_kept * read:
+        return
+    reasons = ", ".join(
+        f"{reason} {count}" + (f" ({REASON_KEYS[reason]})" if reason in REASON_KEYS else "")
+        for reason, count in stats.dropped.most_common()
+        if count
+    )
+    raise IngestError(
+        f"cleaning kept {stats.kept} of {read} {split} items ({100 * stats.kept / read:.1f}%, below "
+        f"ingest.clean.min_kept={min_kept:g}); dropped: {reasons}. Change the rule that drops them (for documents, e.g. "
+        f"summaries: ingest.clean.max_words and max_ratio null, max_source_words to truncate), or lower ingest.clean.min_kept"
+    )
 
 
 def untracked_inputs(cfg: IngestConfig, workspace: Path) -> list[str]:
@@ -302,9 +423,8 @@ def untracked_inputs(cfg: IngestConfig, workspace: Path) -> list[str]:
     problems: list[str] = []
     for split in SPLITS:
         source: SplitSource | None = getattr(cfg.files, split)
-        for side in ("src", "tgt", "tsv"):
-            location: Location | None = getattr(source, side) if source is not None else None
-            if location is None or location.sha256 is not None:
+        for side, location in (source.locations() if source is not None else {}).items():
+            if location.sha256 is not None:
                 continue
             key = f"ingest.files.{split}.{side}"
             if location.is_url:

@@ -146,19 +146,58 @@ class PreparedDataError(S2SError, RuntimeError):
 Pair = tuple[str, str]
 
 
+@dataclass(frozen=True)
+class Example:
+    """One prepared item: source, target, and the further references and id the data may give (valid/test)."""
+
+    src: str
+    tgt: str
+    refs: tuple[str, ...] = ()  # references beside the target (AESLC's three annotations); scored per evaluate.references
+    id: str = ""
+
+    @classmethod
+    def of(cls, item: Example | Pair) -> Example:
+        return item if isinstance(item, Example) else cls(*item)
+
+    @property
+    def pair(self) -> Pair:
+        return self.src, self.tgt
+
+    def references(self, which: str = "given") -> list[str]:
+        """What an output is scored against: `given` the further references where the data has them, else the
+        target; `target` the target alone."""
+        if which not in ("given", "target"):
+            raise ValueError(f"references {which!r}: choose given or target")
+        return list(self.refs) if which == "given" and self.refs else [self.tgt]
+
+
 def prepared_file(directory: Path, split: str, side: str) -> Path:
-    """`{split}.src` / `{split}.tgt`: one sentence per line, UTF-8, line-aligned."""
+    """`{split}.src` / `{split}.tgt`: one text per line, UTF-8, line-aligned; beside them, where the data has them,
+    `{split}.ref0`, `{split}.ref1`, ... (further references) and `{split}.id` (item ids)."""
     return directory / f"{split}.{side}"
 
 
-def write_prepared(splits: dict[str, list[Pair]], out_dir: Path) -> None:
+def _ref_side(k: int) -> str:
+    return f"ref{k}"
+
+
+def write_prepared(splits: dict[str, list[Example]] | dict[str, list[Pair]], out_dir: Path) -> None:
     """Write every split atomically: all files or none replace the old ones."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
-        for split, pairs in splits.items():
-            for index, side in enumerate(SIDES):
-                prepared_file(tmp, split, side).write_text("".join(p[index] + "\n" for p in pairs), encoding="utf-8")
+        for split, items in splits.items():
+            examples = [Example.of(item) for item in items]
+            columns = {"src": [e.src for e in examples], "tgt": [e.tgt for e in examples]}
+            n_refs = {len(e.refs) for e in examples}
+            if len(n_refs) > 1:
+                raise PreparedDataError(f"{split}: items differ in their number of references ({sorted(n_refs)})")
+            for k in range(max(n_refs, default=0)):
+                columns[_ref_side(k)] = [e.refs[k] for e in examples]
+            if any(e.id for e in examples):
+                columns["id"] = [e.id for e in examples]
+            for side, lines in columns.items():
+                prepared_file(tmp, split, side).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -166,16 +205,34 @@ def write_prepared(splits: dict[str, list[Pair]], out_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_prepared(directory: Path, split: str) -> list[Pair]:
-    src_path, tgt_path = (prepared_file(directory, split, side) for side in SIDES)
+def _read_lines(path: Path) -> list[str]:
     try:
-        src = src_path.read_text(encoding="utf-8").splitlines()
-        tgt = tgt_path.read_text(encoding="utf-8").splitlines()
+        text = path.read_bytes().decode("utf-8")  # bytes: read_text would also turn a "\r" into a line break
     except FileNotFoundError as err:
         raise PreparedDataError(f"{err.filename}: prepared split not found; run the ingest stage first") from None
+    # "\n" only, as written: str.splitlines would also split at U+2028 and other separators inside a text.
+    return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n") if text else []
+
+
+def read_prepared(directory: Path, split: str) -> list[Pair]:
+    return [e.pair for e in read_examples(directory, split)]
+
+
+def read_examples(directory: Path, split: str) -> list[Example]:
+    """A split's items with their further references and ids, where the data has them."""
+    src_path, tgt_path = (prepared_file(directory, split, side) for side in SIDES)
+    src, tgt = _read_lines(src_path), _read_lines(tgt_path)
     if len(src) != len(tgt):
         raise PreparedDataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
-    return list(zip(src, tgt, strict=True))
+    extra: list[list[str]] = []
+    while (path := prepared_file(directory, split, _ref_side(len(extra)))).is_file():
+        extra.append(_read_lines(path))
+    id_path = prepared_file(directory, split, "id")
+    ids = _read_lines(id_path) if id_path.is_file() else [""] * len(src)
+    for path, column in [*((prepared_file(directory, split, _ref_side(k)), c) for k, c in enumerate(extra)), (id_path, ids)]:
+        if len(column) != len(src):
+            raise PreparedDataError(f"{path} has {len(column)} lines but {src_path} has {len(src)}")
+    return [Example(s, t, tuple(column[i] for column in extra), ids[i]) for i, (s, t) in enumerate(zip(src, tgt, strict=True))]
 
 
 # ----------------------------------------------------------------------------- dvc.lock

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-MetricName = Literal["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL"]
+MetricName = Literal["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "exact_match"]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
 
 

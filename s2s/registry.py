@@ -43,6 +43,7 @@ from s2s.dvc import git, lock_holders
 from s2s.errors import S2SError
 from s2s.eval_records import EvalReport
 from s2s.promotion import SKIPPED, Decision, Floor, GateOutcome, decide, refuse, task_conflict
+from s2s.scoring import References, per_item
 from s2s.serving import DECODING_OPTIONS, RequestBatcher, RequestError, ServeLimits, decoding_with
 from s2s.task import Task
 from s2s.train_records import TrainSummary, read_curve
@@ -425,12 +426,14 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
 def score_model(
     uri: str,
     sources: list[str],
-    references: list[str],
+    references: References,
     metric: str,
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 256,
+    multi: str = "best",
+    stemmer: bool = False,
 ) -> float:
-    """Load a registered model through MLflow (as it will be served) and score it with sacreBLEU.
+    """Load a registered model through MLflow (as it will be served) and score it as the evaluate stage does.
 
     Decodes `chunk` sentences at a time and reports (done, total) to `progress` after each chunk.
     """
@@ -442,12 +445,18 @@ def score_model(
         hypotheses += [str(h) for h in model.predict(sources[start : start + chunk])]
         if progress is not None:
             progress(len(hypotheses), len(sources))
-    return float(score(hypotheses, references, metrics=(metric,))[metric])
+    return float(score(hypotheses, references, (metric,), multi, stemmer)[metric])
 
 
-def score_tag(sources: list[str], references: list[str], metric: str) -> str:
-    """The version tag that caches a model's `metric` on exactly this test set (a version's decoding never changes)."""
-    digest = hashlib.sha256(json.dumps([sources, references], ensure_ascii=False).encode()).hexdigest()[:16]
+def score_tag(sources: list[str], references: References, metric: str, multi: str = "best", stemmer: bool = False) -> str:
+    """The version tag that caches a model's `metric` on exactly this test set, references and scoring convention (a
+    version's decoding never changes); one reference per item and the defaults hash as they did before either existed."""
+    items = per_item(references)
+    several = any(len(refs) > 1 for refs in items)
+    key: list[object] = [sources, items if several else [refs[0] for refs in items]]
+    key += [multi] if several else []
+    key += ["stemmer"] if stemmer else []
+    digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()[:16]
     return f"{SCORE_TAG_PREFIX}{metric}.{digest}"
 
 
@@ -567,9 +576,11 @@ def gate_registered(
     if not registered.created and DECISION_TAG in tags:
         logger.info("v%s was decided before (%s): gate skipped", registered.version, tags[DECISION_TAG])
         return GateOutcome(f"unchanged ({tags[DECISION_TAG]})", tags.get(REASON_TAG, ""))
-    pairs = layout.read_prepared(inputs.file(layout.PREPARED_DIR), "test")
-    sources, references = [s for s, _ in pairs], [t for _, t in pairs]
-    metric, tag = promote.metric, score_tag(sources, references, promote.metric)
+    examples = layout.read_examples(inputs.file(layout.PREPARED_DIR), "test")
+    scoring = inputs.decoding  # the evaluate stage's references and ROUGE convention: the challenger was scored so
+    sources, references = [e.src for e in examples], [e.references(scoring.references) for e in examples]
+    multi, stemmer = scoring.rouge_multi, scoring.rouge_stemmer
+    metric, tag = promote.metric, score_tag(sources, references, promote.metric, multi, stemmer)
     evaluated = EvalReport.read(inputs.file(layout.EVAL_METRICS))
 
     def decode(version: str) -> float:
@@ -577,7 +588,8 @@ def gate_registered(
             logger.info("v%s: decoding the test set for the gate: %d/%d sentences (%d%%)", version, done, total,
                         100 * done // total)  # fmt: skip
 
-        return score_model(f"models:/{registered.name}/{version}", sources, references, metric, progress)
+        return score_model(f"models:/{registered.name}/{version}", sources, references, metric, progress,
+                           multi=multi, stemmer=stemmer)  # fmt: skip
 
     def scorer(version: str) -> float:
         own = version == registered.version

@@ -32,25 +32,73 @@ def _trim(tokens: list[int]) -> list[int]:
     return tokens[: tokens.index(EOS)] if EOS in tokens else tokens
 
 
+def banned_ngrams(generated: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, tokens) whose next token would repeat an n-gram of that row's output; generated (R, L), no BOS.
+
+    The next token completes an n-gram whose first n-1 tokens are the row's last n-1; every earlier n-gram starting
+    with those tokens bans its last token (fairseq's no_repeat_ngram_size). n = 1 bans every token already output.
+    """
+    _, length = generated.shape
+    empty = torch.zeros(0, dtype=torch.long, device=generated.device)
+    if n < 1 or length < n:
+        return empty, empty
+    windows = generated.unfold(1, n, 1)  # (R, L-n+1, n)
+    if n == 1:
+        match = torch.ones(windows.shape[:2], dtype=torch.bool, device=generated.device)
+    else:
+        prefix = generated[:, length - n + 1 :]  # (R, n-1)
+        match = (windows[:, :, :-1] == prefix[:, None, :]).all(-1)  # (R, L-n+1)
+    row, window = match.nonzero(as_tuple=True)
+    return row, windows[row, window, -1]
+
+
+def step_log_probs(
+    logits: torch.Tensor,
+    at_limit: torch.Tensor,
+    step: int = 0,
+    min_len: int = 0,
+    generated: torch.Tensor | None = None,
+    no_repeat_ngram: int = 0,
+) -> torch.Tensor:
+    """The last step's log-probabilities (R, V) with every rule of the search applied, in this order: never a special
+    token but EOS; no EOS before `min_len` output tokens; no repeated n-gram of `generated` (R, step); and at the
+    length limit (`at_limit` (R,)) only EOS, which wins over the other rules."""
+    logp = logits[:, -1].float().log_softmax(-1)
+    logp[:, NEVER] = float("-inf")
+    if step < min_len:
+        logp[:, EOS] = float("-inf")
+    if no_repeat_ngram and generated is not None:
+        rows, tokens = banned_ngrams(generated, no_repeat_ngram)
+        logp[rows, tokens] = float("-inf")
+    logp[at_limit] = float("-inf")
+    logp[at_limit, EOS] = 0.0
+    return logp
+
+
 @torch.no_grad()
 def greedy(
-    model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_len: torch.Tensor,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    min_len: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """Argmax decoding of a batch; src (B, S), src_len (B,)."""
     batch = src.size(0)
     limits = max_lengths(src_len, max_len_a, max_len_b, model.max_output_tokens).to(src.device)
     state = model.encode(src, src_len)
     token = torch.full((batch, 1), BOS, dtype=torch.long, device=src.device)
-    steps, attn_steps = [], []
+    steps: list[torch.Tensor] = []
+    attn_steps = []
     score = torch.zeros(batch, device=src.device)
     alive = torch.ones(batch, dtype=torch.bool, device=src.device)
     for t in range(int(limits.max()) + 1):
         out = model.decode(token, state)
         state = out.state
-        logp = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
-        logp[:, NEVER] = float("-inf")
-        logp[limits <= t] = float("-inf")
-        logp[limits <= t, EOS] = 0.0  # at the length limit only EOS remains
+        generated = torch.stack(steps, 1) if no_repeat_ngram and steps else None  # (B, t)
+        logp = step_log_probs(out.logits, limits <= t, t, min_len, generated, no_repeat_ngram)  # (B, V)
         best, token = logp.max(-1)  # (B,), (B,)
         score += torch.where(alive, best, torch.zeros_like(best))
         steps.append(token)
@@ -93,15 +141,6 @@ def _done(finished: list[list[Hypothesis]], best_alive: list[float], limits: lis
     return out
 
 
-def _step_log_probs(logits: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
-    """The last step's log-probabilities (B*K, V): never a special token but EOS, and only EOS past the length limit."""
-    logp = logits[:, -1].float().log_softmax(-1)
-    logp[:, NEVER] = float("-inf")
-    logp[at_limit] = float("-inf")
-    logp[at_limit, EOS] = 0.0
-    return logp
-
-
 def _collect_finished(
     finished: list[list[Hypothesis]],
     is_eos: torch.Tensor,
@@ -133,6 +172,8 @@ def beam_search(
     max_len_b: int = 10,
     alpha: float = 1.0,
     n_best: int = 1,
+    min_len: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
     """Batched beam search; returns the `n_best` best hypotheses of every sentence, best first.
 
@@ -155,7 +196,8 @@ def beam_search(
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     for t in range(int(limits.max()) + 1):
         out = model.decode(tokens[:, -1:], state)
-        logp = _step_log_probs(out.logits, (limits <= t).repeat_interleave(k))  # (B*K, V)
+        at_limit = (limits <= t).repeat_interleave(k)
+        logp = step_log_probs(out.logits, at_limit, t, min_len, tokens[:, 1:], no_repeat_ngram)  # (B*K, V)
         vocab = logp.size(-1)
         cand = (scores.view(-1, 1) + logp).view(batch, k * vocab)  # (B, K*V)
         cand[done] = float("-inf")
@@ -191,6 +233,8 @@ def translate_ids(
     max_len_b: int = 10,
     alpha: float = 1.0,
     n_best: int = 1,
+    min_len: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
     """The `n_best` best hypotheses per sentence: greedy for beam 1 (and one), else beam search.
 
@@ -198,5 +242,5 @@ def translate_ids(
     if beam < n_best:
         raise ValueError(f"a beam of {beam} cannot return {n_best} hypotheses: use DecodingConfig.beam_for")
     if beam == 1:
-        return [[h] for h in greedy(model, src, src_len, max_len_a, max_len_b)]
-    return beam_search(model, src, src_len, beam, max_len_a, max_len_b, alpha, n_best)
+        return [[h] for h in greedy(model, src, src_len, max_len_a, max_len_b, min_len, no_repeat_ngram)]
+    return beam_search(model, src, src_len, beam, max_len_a, max_len_b, alpha, n_best, min_len, no_repeat_ngram)

@@ -314,7 +314,7 @@ class Trainer:
         self.cfg, self.model_cfg, self.eval_cfg = cfg, model_cfg, eval_cfg
         self.device = setup_device(cfg, world)
         self.tok = Tokenizers.load(tokenizer_dir)
-        self.data = TrainingData.load(self.tok, prepared, cfg.max_tokens)
+        self.data = TrainingData.load(self.tok, prepared, cfg.max_tokens, cfg.long_sources == "truncate")
         self.train_data = self.data.train
         self.model = build_model(model_cfg, self.tok.src.get_piece_size(), self.tok.tgt.get_piece_size()).to(self.device)
         log.info("model: %s, %.2fM parameters, device %s", model_cfg.arch, self.model.num_parameters() / 1e6, self.device)
@@ -330,7 +330,7 @@ class Trainer:
         # Summed, then divided by the global batch's token count: the same normalisation on 1 or N processes.
         self.criterion = nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=cfg.label_smoothing, reduction="sum")
         self.valid_batches = self.data.valid.batches(cfg.batch_tokens, shuffle=False)
-        self.bleu_pairs = self.data.valid_pairs[: cfg.valid_bleu_sentences]
+        self.valid_examples = self.data.valid_examples[: cfg.valid_bleu_sentences]
         self.translator = Translator(self.model, self.tok, self.device)
         self.amp = use_bf16(cfg, self.device)
         self.ddp, self.forward_model = training_forward(self.model, cfg, world)
@@ -449,8 +449,10 @@ class Trainer:
 
     def valid_scores(self) -> tuple[float, float]:
         """Greedy decoding of the validation sentences: their BLEU and their train.select_metric."""
-        hyps = self.translator.translate([s for s, _ in self.bleu_pairs], self.eval_cfg.model_copy(update={"beam_size": 1}))
-        scores = score(hyps, [t for _, t in self.bleu_pairs], metrics=("bleu", self.cfg.select_metric))
+        cfg = self.eval_cfg
+        hyps = self.translator.translate([e.src for e in self.valid_examples], cfg.model_copy(update={"beam_size": 1}))
+        references = [e.references(cfg.references) for e in self.valid_examples]
+        scores = score(hyps, references, ("bleu", self.cfg.select_metric), cfg.rouge_multi, cfg.rouge_stemmer)
         return scores["bleu"], scores[self.cfg.select_metric]
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:

@@ -52,11 +52,27 @@ def source_ids(tokenizers: Tokenizers, sources: list[str], limit: int | None = N
     return [s if s else [tokenizers.src.unk_id()] for s in ids]
 
 
-def length_batches(ids: list[list[int]], batch_size: int) -> Iterator[list[int]]:
-    """Indices of `ids` in batches, longest first: similar lengths share a batch and a too-big batch fails early."""
+def length_batches(ids: list[list[int]], batch_size: int, max_tokens: int = 0) -> Iterator[list[int]]:
+    """Indices of `ids` in batches, longest first: similar lengths share a batch and a too-big batch fails early.
+
+    A batch holds at most `batch_size` sentences and, with `max_tokens`, at most that many padded source tokens
+    (always at least one sentence): memory stays bounded on long sources.
+    """
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    batch: list[int] = []
+    for i in order:
+        longest = len(ids[batch[0]]) if batch else len(ids[i])
+        if batch and (len(batch) >= batch_size or (max_tokens and (len(batch) + 1) * max(longest, 1) > max_tokens)):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def decode_batches(ids: list[list[int]], cfg: DecodingConfig, beam: int) -> Iterator[list[int]]:
+    """`length_batches` as a decoding config bounds them: batch_size sentences, batch_tokens source tokens x beam."""
+    return length_batches(ids, cfg.batch_size, max(cfg.batch_tokens // beam, 1))
 
 
 class Translator:
@@ -84,10 +100,12 @@ class Translator:
         self.model.eval()
         ids = source_ids(self.tok, sources, self.model.max_source_tokens)
         results: list[list[Hypothesis]] = [[] for _ in ids]
-        for index in length_batches(ids, cfg.batch_size):
+        beam = cfg.beam_for(n)
+        for index in decode_batches(ids, cfg, beam):
             src = pad([ids[i] for i in index]).to(self.device)
             src_len = torch.tensor([len(ids[i]) for i in index], device=self.device)
-            hyps = translate_ids(self.model, src, src_len, cfg.beam_for(n), cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, n)
+            hyps = translate_ids(self.model, src, src_len, beam, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty, n,
+                                 cfg.min_len, cfg.no_repeat_ngram)  # fmt: skip
             for i, hyp in zip(index, hyps, strict=True):
                 results[i] = hyp
             if progress is not None:
@@ -105,8 +123,10 @@ class Translator:
         _, results = self.nbest(sources, cfg or DecodingConfig(), n)
         return [self.tok.decode_tgt([h.tokens for h in hyps]) for hyps in results]
 
-    def translate(self, sources: list[str], cfg: DecodingConfig | None = None) -> list[str]:
-        _, hyps = self.hypotheses(sources, cfg or DecodingConfig())
+    def translate(
+        self, sources: list[str], cfg: DecodingConfig | None = None, progress: Callable[[int], None] | None = None
+    ) -> list[str]:
+        _, hyps = self.hypotheses(sources, cfg or DecodingConfig(), progress)
         return self.tok.decode_tgt([h.tokens for h in hyps])
 
     def translate_with_attention(self, sources: list[str], cfg: DecodingConfig | None = None) -> list[Translation]:

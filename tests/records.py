@@ -17,7 +17,8 @@ TRAIN_SUMMARY = TrainSummary(
 
 EVAL_REPORT = EvalReport(
     decoding="greedy", bleu=1.0, bleu_signature="sig", chrf=2.0, chrf_signature="chrf-sig", ter=99.0,
-    ter_signature="ter-sig", rouge1=3.0, rouge2=1.0, rougeL=3.0, rouge_signature="rouge-sig", copy_source_bleu=0.1,
+    ter_signature="ter-sig", rouge1=3.0, rouge2=1.0, rougeL=3.0, rouge_signature="rouge-sig", exact_match=0.0,
+    exact_match_signature="em-sig", copy_source_exact_match=0.0, copy_source_bleu=0.1,
     copy_source_chrf=5.0, copy_source_ter=100.0, copy_source_rouge1=4.0, copy_source_rouge2=0.5, copy_source_rougeL=4.0,
     by_source_length={"1-10": {"sentences": 10, "bleu": 1.0}}, sentences=10, beam_size=1, decode_seconds=0.5,
     sentences_per_second=20.0, device="cpu",
@@ -29,6 +30,6 @@ def eval_report(**changes: Any) -> EvalReport:
 
 
 def decoding_scores(**changes: Any) -> DecodingScores:
-    base = DecodingScores(bleu=1.0, chrf=2.0, ter=99.0, rouge1=3.0, rouge2=1.0, rougeL=3.0, beam_size=1, decode_seconds=0.5,
-                          sentences_per_second=20.0)  # fmt: skip
+    base = DecodingScores(bleu=1.0, chrf=2.0, ter=99.0, rouge1=3.0, rouge2=1.0, rougeL=3.0, exact_match=0.0, beam_size=1,
+                          decode_seconds=0.5, sentences_per_second=20.0)  # fmt: skip
     return replace(base, **changes)

@@ -63,6 +63,6 @@ def test_encode_split_leaves_out_and_counts_pairs_over_max_tokens(split: tuple[T
 def test_training_data_refuses_a_run_with_nothing_left(split: tuple[Tokenizers, Path]) -> None:
     tok, prepared = split
     data = TrainingData.load(tok, prepared, 1000)
-    assert (len(data.train), len(data.valid), len(data.valid_pairs), data.too_long) == (300, 20, 20, 0)
+    assert (len(data.train), len(data.valid), len(data.valid_examples), data.too_long) == (300, 20, 20, 0)
     with pytest.raises(DataError, match=r"no training pairs left: all 300 exceed train.max_tokens=2"):
         TrainingData.load(tok, prepared, 2)

@@ -26,7 +26,7 @@ def test_translate_with_a_missing_registered_model(tmp_path: Path, capsys: pytes
 def test_unknown_preset_lists_the_available_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--preset", "wmt99"]) == 2
     assert (
-        "no preset 'wmt99'; available: bahdanau-gru, cho-gru, context-gru, luong-lstm, multi30k, sutskever-lstm, "
+        "no preset 'wmt99'; available: aeslc, bahdanau-gru, cho-gru, context-gru, luong-lstm, multi30k, sutskever-lstm, "
         in capsys.readouterr().err
     )
 

@@ -146,3 +146,27 @@ def test_int8_weights_are_stored_in_seven_bits_that_avx2_cannot_saturate(trained
     for name, (w, scale) in seven.items():  # the same weights, to within one 7-bit step of each row
         before = full[name][0] / full[name][1][:, None]
         assert np.abs(w / scale[:, None] - before).max() <= 1.01 / scale.min()
+
+
+def _repeats(pieces: list[str], n: int) -> bool:
+    grams = [tuple(pieces[i : i + n]) for i in range(len(pieces) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_min_len_and_no_repeat_ngram_hold_on_both_engines(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    model_path, tok_dir = trained
+    pytorch = Translator.load(model_path, tok_dir, "cpu")
+    ct2 = CT2Translator.load(convert(model_path, tok_dir, tmp_path / "f32", "float32"), tok_dir, "cpu")
+    # The memorised outputs are long: the minimum asked for is longer still, and bigrams must not come back.
+    _, free = pytorch.hypotheses(SOURCES, EvaluateConfig())
+    longest = max(len(h.tokens) for h in free)
+    for beam in (1, 4):
+        cfg = EvaluateConfig(beam_size=beam, max_len_a=0.0, max_len_b=longest + 8, min_len=longest + 3, no_repeat_ngram=2)
+        _, hyps = pytorch.hypotheses(SOURCES, cfg)
+        outputs = {
+            "pytorch": [[pytorch.tok.tgt.id_to_piece(t) for t in h.tokens] for h in hyps],
+            "ctranslate2": [n[0] for n in ct2.nbest_pieces(SOURCES, 1, cfg)],
+        }
+        for engine, pieces in outputs.items():
+            assert all(longest + 3 <= len(p) <= longest + 8 for p in pieces), (engine, beam)
+            assert not any(_repeats(p, 2) for p in pieces), (engine, beam)

@@ -47,6 +47,7 @@ def test_also_scores_each_other_decoding_beside_the_served_one(tmp_path: Path) -
         "rouge1",
         "rouge2",
         "rougeL",
+        "exact_match",
         "beam_size",
         "decode_seconds",
         "sentences_per_second",
@@ -69,3 +70,34 @@ def test_length_buckets_score_each_source_length_on_its_own() -> None:
     assert list(buckets) == ["1-10", "11-20", ">20"]  # shortest first
     assert [b["sentences"] for b in buckets.values()] == [2, 1, 1]
     assert buckets["1-10"]["bleu"] == buckets["11-20"]["bleu"] == 100.0 and buckets[">20"]["bleu"] == 0.0
+
+
+def test_several_references_are_scored_under_each_convention_and_written_out(tmp_path: Path) -> None:
+    pairs = generate_pairs(300, 4)
+    tokenizer.train(TokenizerConfig(vocab_size=150), [s for s, _ in pairs], [t for _, t in pairs], tmp_path / "tok")
+    tok = Tokenizers.load(tmp_path / "tok")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(rnn=RNNConfig(emb_dim=16, hidden=16)), tok.src.get_piece_size(), tok.src.get_piece_size())
+    translator = Translator(model, tok, torch.device("cpu"))
+    # Each item: its target, and as further references the target's first half and its last word.
+    test = [layout.Example(s, t, (" ".join(t.split()[:3]), t.split()[-1]), f"e{i}") for i, (s, t) in enumerate(pairs[:30])]
+    layout.write_prepared({"train": pairs[:10], "valid": pairs[:10], "test": test}, tmp_path / "prepared")
+    cfg = EvaluateConfig(max_len_b=5, attention_maps=0, rouge_multi="mean")
+
+    report = evaluate.run(cfg, translator, tmp_path / "prepared", tmp_path / "eval.json", tmp_path / "hyps.tsv")
+
+    hyps = translator.translate([e.src for e in test], cfg)
+    given = score(hyps, [list(e.refs) for e in test], multi="mean")
+    assert (report.rougeL, report.bleu, report.references) == (given["rougeL"], given["bleu"], 2)  # the references, mean
+    assert report.rouge_signature == given["rouge_signature"] and "multi:mean" in report.rouge_signature
+    assert set(report.reference_sets) == {"target", "references/best", "references/mean"}
+    assert report.reference_sets["target"]["rougeL"] == score(hyps, [e.tgt for e in test])["rougeL"]
+    assert report.reference_sets["references/best"]["rouge1"] == score(hyps, [list(e.refs) for e in test])["rouge1"]
+    assert report.copy_source_rougeL == score([e.src for e in test], [list(e.refs) for e in test], multi="mean")["rougeL"]
+    rows = (tmp_path / "hyps.tsv").read_text().splitlines()
+    assert rows[0] == "id\tsource\treference\tref0\tref1\thypothesis"
+    assert rows[1].split("\t") == ["e0", test[0].src, test[0].tgt, *test[0].refs, hyps[0]]
+    # Scored against the target alone, the references are only reported beside it.
+    target = evaluate.run(cfg.model_copy(update={"references": "target"}), translator, tmp_path / "prepared",
+                          tmp_path / "eval2.json", tmp_path / "hyps2.tsv")  # fmt: skip
+    assert (target.rougeL, target.references) == (report.reference_sets["target"]["rougeL"], 1)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from s2s.config import CleanConfig, IngestConfig, parse_params
+from s2s.config import CleanConfig, ConfigError, IngestConfig, parse_params
 from s2s.ingest import IngestError, build_splits, run
-from s2s.layout import read_prepared
+from s2s.layout import Example, read_examples, read_prepared, write_prepared
 
 
 def files_config(train: dict, valid: dict | None = None, test: dict | None = None, **extra: object) -> IngestConfig:
@@ -82,7 +82,7 @@ def test_every_cleaning_rule_is_counted_by_reason(tmp_path: Path) -> None:
     }
     assert s.cleaned["whitespace"] == 1
     assert s.read == len(src) == s.kept + sum(s.dropped.values()) + sum(s.moved.values())
-    assert ("spaced out line ok", "fine clean line") in splits["train"] + splits["valid"] + splits["test"]
+    assert ("spaced out line ok", "fine clean line") in [e.pair for e in splits["train"] + splits["valid"] + splits["test"]]
     assert any(e.endswith("train.en:21 / " + str(tmp_path / "train.de") + ":21: invalid_utf8") for e in s.examples)
 
 
@@ -92,10 +92,10 @@ def test_given_test_set_is_not_filtered_but_leaks_leave_train(tmp_path: Path) ->
     # The test set repeats a pair (kept: benchmarks stay as published) and shares a source with train.
     test = write_pair(tmp_path, "test", [b"s sentence number 1 here", b"dup", b"dup", b""], [b"x", b"d", b"d", b"e"])
     splits, stats = build_splits(files_config(train, valid, test), tmp_path, tmp_path / "dl")
-    assert splits["test"] == [("s sentence number 1 here", "x"), ("dup", "d"), ("dup", "d")]
+    assert [e.pair for e in splits["test"]] == [("s sentence number 1 here", "x"), ("dup", "d"), ("dup", "d")]
     assert stats["test"].dropped == {"empty": 1}
     assert stats["train"].dropped["leak"] == 1
-    assert "s sentence number 1 here" not in [s for s, _ in splits["train"]]
+    assert "s sentence number 1 here" not in [e.src for e in splits["train"]]
 
 
 def test_tsv_and_gzip(tmp_path: Path) -> None:
@@ -185,3 +185,121 @@ def test_inputs_dvc_cannot_see_change_are_refused_by_key(tmp_path: Path) -> None
     assert "ingest.files.test.tsv: https://example.invalid/corpus.tsv is a URL without sha256" in message
     assert "ingest.files.train.src" not in message and "ingest.files.valid" not in message  # pinned / under data/raw
     assert not (tmp_path / "prepared").exists()  # refused before anything was read or written
+
+
+# --------------------------------------------------------------------------- documents
+
+
+FIELDS = {"source": "body", "target": "subject", "references": ["ann0", "ann1", "ann2"], "id": "id"}
+
+
+def write_jsonl(path: Path, records: list[dict[str, object]]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+def emails(n: int, prefix: str, refs: bool) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for i in range(n):
+        record: dict[str, object] = {
+            "id": f"{prefix}-{i}",
+            "body": f"Hi all,\n\n  meeting {prefix} {i} moved to Tuesday.\r\nThanks,\nAnn",
+            "subject": f"meeting {i}",
+        }
+        if refs:
+            record.update({"ann0": f"meeting {i} moved", "ann1": f"Tuesday meeting {i}", "ann2": f"new time {i}"})
+        out.append(record)
+    return out
+
+
+def document_config(tmp: Path, train: list[dict[str, object]], dev: list[dict[str, object]], **clean: object) -> IngestConfig:
+    files = {
+        "train": {"jsonl": write_jsonl(tmp / "train.jsonl", train)},
+        "valid": {"jsonl": write_jsonl(tmp / "dev.jsonl", dev)},
+        "test": {"jsonl": write_jsonl(tmp / "test.jsonl", dev)},
+        "fields": FIELDS,
+    }
+    return parse_params({"ingest": {"corpus": "files", "files": files, "clean": clean}}).ingest
+
+
+def test_jsonl_documents_keep_line_breaks_references_and_ids(tmp_path: Path) -> None:
+    cfg = document_config(tmp_path, emails(30, "t", refs=False), emails(5, "d", refs=True), max_ratio=None)
+    write_prepared(build_splits(cfg, tmp_path, tmp_path / "dl")[0], tmp_path / "prepared")
+    test = read_examples(tmp_path / "prepared", "test")
+    # A run of breaks (with the blanks around them, \r\n too) is one visible separator, which the tokenizer learns.
+    assert test[1] == Example(
+        "Hi all, ¶ meeting d 1 moved to Tuesday. ¶ Thanks, ¶ Ann",
+        "meeting 1",
+        ("meeting 1 moved", "Tuesday meeting 1", "new time 1"),
+        "d-1",
+    )
+    assert sorted(p.name for p in (tmp_path / "prepared").iterdir() if p.name.startswith("test.")) == [
+        "test.id", "test.ref0", "test.ref1", "test.ref2", "test.src", "test.tgt",
+    ]  # fmt: skip
+    train = read_examples(tmp_path / "prepared", "train")
+    assert len(train) == 30 and train[0].refs == () and train[0].id == "t-0"  # train has no references to read
+    assert [e.pair for e in train] == read_prepared(tmp_path / "prepared", "train")
+
+
+def test_csv_documents_with_quoted_line_breaks(tmp_path: Path) -> None:
+    rows = ["id,body,subject", *(f'{i},"line one {i}\nline two, quoted ""x""",subject {i}' for i in range(12))]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    fields = {"source": "body", "target": "subject", "id": "id", "newline": None}  # line breaks become spaces
+    files = {"train": {"csv": str(tmp_path / "train.csv")}, "fields": fields}
+    ingest = {"corpus": "files", "holdout": {"valid": 2, "test": 2}, "clean": {"max_ratio": None}, "files": files}
+    cfg = parse_params({"ingest": ingest}).ingest
+    splits, stats = build_splits(cfg, tmp_path, tmp_path / "dl")
+    assert stats["train"].read == 12
+    example = next(e for e in splits["train"] + splits["valid"] + splits["test"] if e.id == "3")
+    assert example == Example('line one 3 line two, quoted "x"', "subject 3", (), "3")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "x", "subject": "s"}', r"dev\.jsonl:3: field 'body' is missing \(fields: id, subject\)"),
+        ('{"id": "x", "body": "b", "subject": 7}', r"dev\.jsonl:3: field 'subject' is a int, expected a string"),
+        ('{"id": "x", "body": "b", "subject": "s", "ann0": "a", "ann1": "b"}', r"dev\.jsonl:3: field 'ann2' is missing"),
+        ('{"id": "x", "body": "b", ', r"dev\.jsonl:3: not valid JSON"),
+        ('["a list"]', r"dev\.jsonl:3: expected an object with fields body, subject, ann0, ann1, ann2, id, got list"),
+    ],
+)
+def test_a_bad_document_names_file_line_and_field(tmp_path: Path, line: str, message: str) -> None:
+    cfg = document_config(tmp_path, emails(30, "t", refs=False), emails(5, "d", refs=True))
+    dev = tmp_path / "dev.jsonl"
+    lines = dev.read_text().splitlines()
+    dev.write_text("\n".join([*lines[:2], line, *lines[2:]]) + "\n")
+    with pytest.raises(IngestError, match=message):
+        build_splits(cfg, tmp_path, tmp_path / "dl")
+
+
+def test_long_sources_are_truncated_in_train_only_and_counted(tmp_path: Path) -> None:
+    train = [{"id": str(i), "body": " ".join(f"w{i}-{j}" for j in range(50 + i)), "subject": f"s {i}"} for i in range(20)]
+    dev = [{**r, "ann0": "a", "ann1": "b", "ann2": "c"} for r in train[:4]]
+    cfg = document_config(tmp_path, train, dev, max_words=None, max_ratio=None, max_source_words=55, drop_leaks=False)
+    splits, stats = build_splits(cfg, tmp_path, tmp_path / "dl")
+    assert [len(e.src.split()) for e in splits["train"]] == [min(50 + i, 55) for i in range(20)]
+    assert stats["train"].cleaned["truncated"] == 14 and not stats["train"].dropped
+    # Given valid and test sets are benchmarks: neither truncated nor filtered.
+    assert [len(e.src.split()) for e in splits["test"]] == [50, 51, 52, 53]
+    assert "truncated" not in stats["test"].cleaned
+
+
+def test_cleaning_that_keeps_too_little_fails_with_counts_and_keys(tmp_path: Path) -> None:
+    train = [{"id": str(i), "body": " ".join(["word"] * (3 if i < 2 else 20 + i)), "subject": f"subject {i}"} for i in range(20)]
+    cfg = document_config(tmp_path, train, emails(4, "d", refs=True))  # translation's rules: summaries fail the ratio
+    with pytest.raises(IngestError) as err:
+        build_splits(cfg, tmp_path, tmp_path / "dl")
+    assert str(err.value).startswith("cleaning kept 2 of 20 train items (10.0%, below ingest.clean.min_kept=0.5); "
+                                     "dropped: length_ratio 18 (ingest.clean.max_ratio).")  # fmt: skip
+    # With the ratio rule off (a summarisation preset), every email stays.
+    cfg = document_config(tmp_path, train, emails(4, "d", refs=True), max_ratio=None)
+    splits, _ = build_splits(cfg, tmp_path, tmp_path / "dl")
+    assert len(splits["train"]) == 20
+
+
+def test_documents_need_their_fields_named() -> None:
+    with pytest.raises(ConfigError, match=r"ingest\.files: .*train read documents \(jsonl/csv\): name their `fields`"):
+        parse_params({"ingest": {"corpus": "files", "files": {"train": {"jsonl": "data/raw/a.jsonl"}}}})
+    with pytest.raises(ConfigError, match=r"ingest\.files\.train: .*give exactly one layout"):
+        parse_params({"ingest": {"corpus": "files", "files": {"train": {"jsonl": "a.jsonl", "tsv": "a.tsv"}, "fields": FIELDS}}})

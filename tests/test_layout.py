@@ -166,6 +166,20 @@ def test_prepared_data_round_trip_and_errors(tmp_path: Path) -> None:
         layout.read_prepared(tmp_path / "nowhere", "valid")
 
 
+def test_examples_keep_their_references_and_ids_and_texts_with_unusual_separators(tmp_path: Path) -> None:
+    test = [layout.Example("a\u2028b \r c", "t1", ("r1", "r2"), "id-1"), layout.Example("d", "t2", ("r3", "r4"), "id-2")]
+    layout.write_prepared({"train": [("x", "y")], "test": test}, tmp_path / "prepared")
+    assert layout.read_examples(tmp_path / "prepared", "test") == test  # a U+2028 or a CR inside a text is not a line break
+    assert layout.read_examples(tmp_path / "prepared", "train") == [layout.Example("x", "y")]
+    assert test[0].references() == ["r1", "r2"] and test[0].references("target") == ["t1"]
+    assert layout.Example("x", "y").references() == ["y"]  # no further references: the target is the reference
+    (tmp_path / "prepared" / "test.ref1").write_text("r2\n")
+    with pytest.raises(layout.PreparedDataError, match=r"test\.ref1 has 1 lines but .*test\.src has 2"):
+        layout.read_examples(tmp_path / "prepared", "test")
+    with pytest.raises(layout.PreparedDataError, match=r"test: items differ in their number of references \(\[0, 2\]\)"):
+        layout.write_prepared({"test": [*test, layout.Example("e", "f")]}, tmp_path / "other")
+
+
 def test_dvc_yaml_plots_read_the_train_curve() -> None:
     for plot in dvc_yaml()["plots"]:
         (spec,) = plot.values()

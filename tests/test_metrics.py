@@ -24,7 +24,9 @@ def test_config_accepts_every_metric_and_the_bound_that_fits_it() -> None:
         parse_params({"promote": {"metric": "ter", "min_score": 10}})
     with pytest.raises(ConfigError, match=r"promote: .*max_score bounds metrics where lower is better; bleu: use min_score"):
         parse_params({"promote": {"metric": "bleu", "max_score": 10}})
-    with pytest.raises(ConfigError, match=r"train\.select_metric: .*'bleu', 'chrf', 'ter', 'rouge1', 'rouge2' or 'rougeL'"):
+    with pytest.raises(
+        ConfigError, match=r"train\.select_metric: .*'bleu', 'chrf', 'ter', 'rouge1', 'rouge2', 'rougeL' or 'exact_match'"
+    ):
         parse_params({"train": {"select_metric": "loss"}})
 
 

@@ -29,11 +29,15 @@ train:
 
 def test_every_preset_is_valid_and_described() -> None:
     found = {p.name: p for p in presets.available()}
-    recipes = (*ARCHS, GPU_RECIPE)
-    assert set(found) == {*recipes, "multi30k"}
+    recipes = (*ARCHS, GPU_RECIPE, "transformer-summary-cpu")
+    assert set(found) == {*recipes, "multi30k", "aeslc"}
     assert all(p.summary and not p.summary.startswith("#") for p in found.values())
     assert all("ingest" not in found[name].values for name in recipes)  # a recipe never replaces the user's data
     assert set(found["multi30k"].values) == {"ingest"}  # its name gives the model its name (s2s.task)
+    # A dataset may say how its task is scored: the references, the ROUGE convention, the metric that selects and gates.
+    aeslc = found["aeslc"].values
+    assert set(aeslc) == {"ingest", "evaluate", "train", "promote"}
+    assert set(aeslc["evaluate"]) == {"references", "rouge_multi", "rouge_stemmer"} and set(aeslc["train"]) == {"select_metric"}
 
 
 def test_a_recipe_over_own_data_keeps_the_data_and_the_comments_and_names_each_change(tmp_path: Path) -> None:
@@ -78,7 +82,7 @@ def test_s2s_presets_lists_each_with_its_line(capsys: pytest.CaptureFixture[str]
     listing, advice = capsys.readouterr().out.split("\n\n")
     lines = listing.splitlines()
     names = [line.split()[0] for line in lines]
-    assert names == sorted([*ARCHS, GPU_RECIPE, "multi30k"])
+    assert names == sorted([*ARCHS, GPU_RECIPE, "multi30k", "aeslc", "transformer-summary-cpu"])
     cpu = lines[names.index("transformer-cpu")]
     assert "22 minutes on 2 CPU cores" in cpu and cpu.endswith("[tokenizer, model, train, evaluate]")
     # Which one to take is said, and marked: the recipe a newcomer should start with on each kind of machine.

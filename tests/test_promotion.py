@@ -192,3 +192,11 @@ def test_the_gate_refuses_a_champion_of_another_task_and_says_what_differs_and_h
     client.set_registered_model_alias(NAME, CHAMPION, "4")  # v4 has no task tags: registered before s2s kept them
     legacy = run_gate(client, NAME, "1", "bleu", 0.0, scorer, task=en_de)
     assert legacy.refused and "champion v4 of gate-test records no task" in legacy.reason and champion(client) == "4"
+
+
+def test_exact_match_gates_higher_is_better_above_copying_the_source() -> None:
+    assert decide("exact_match", 41.0, 40.0, "3", 0.0).promote
+    assert not decide("exact_match", 40.0, 41.0, "3", 0.0).promote
+    floor = Floor("exact_match", copy_source=5.0, bound=0.0)  # copying the input is sometimes right (identity tasks)
+    junk = decide("exact_match", 5.0, None, None, 0.0, floor)
+    assert not junk.promote and "floor 5.00" in junk.reason

@@ -61,7 +61,15 @@ def test_model_is_packaged_from_code_with_a_signature_and_loads_from_its_uri_alo
     assert json.loads(mlmodel["signature"]["outputs"]) == [{"type": "string", "required": True}]
     assert json.loads((local / "serving_input_example.json").read_text()) == {
         "inputs": INPUT_EXAMPLE,
-        "params": {"beam_size": 2, "n_best": 1, "length_penalty": 1.0, "max_len_a": 1.5, "max_len_b": 10},
+        "params": {
+            "beam_size": 2,
+            "n_best": 1,
+            "length_penalty": 1.0,
+            "max_len_a": 1.5,
+            "max_len_b": 10,
+            "min_len": 0,
+            "no_repeat_ngram": 0,
+        },
     }
     assert (local / "code" / "s2s" / "registry.py").is_file()  # the version carries the code it runs
 

@@ -81,3 +81,41 @@ def test_decoding_builds_no_autograd_graph(monkeypatch: pytest.MonkeyPatch) -> N
     greedy(model, src, src_len)
     beam_search(model, src, src_len, beam=3, n_best=2)
     assert seen and not any(seen)
+
+
+def _repeats(tokens: list[int], n: int) -> bool:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_banned_ngrams_are_the_tokens_that_would_repeat_an_ngram() -> None:
+    from s2s.search import banned_ngrams
+
+    generated = torch.tensor([[5, 6, 5, 7, 5], [4, 4, 4, 9, 8]])
+    rows, tokens = banned_ngrams(generated, 2)
+    # Row 0 ends in 5: "5 6" and "5 7" were seen, so 6 and 7 are banned; row 1 ends in 8, never seen before.
+    assert sorted(zip(rows.tolist(), tokens.tolist(), strict=True)) == [(0, 6), (0, 7)]
+    rows, tokens = banned_ngrams(generated, 1)
+    assert sorted(set(zip(rows.tolist(), tokens.tolist(), strict=True))) == [(0, 5), (0, 6), (0, 7), (1, 4), (1, 8), (1, 9)]
+    assert banned_ngrams(generated, 6)[0].numel() == 0  # shorter than the n-gram: nothing to repeat
+
+
+@pytest.mark.parametrize("variant", ["luong-lstm-general", "transformer-sinusoidal"])
+@pytest.mark.parametrize("beam", [1, 3])
+def test_min_len_and_no_repeat_ngram_hold_in_every_output(variant: str, beam: int) -> None:
+    model = make(variant, seed=6)  # untrained: left alone it repeats itself and stops at random
+    src, src_len, _ = batch(SOURCES, TARGETS)
+    free = translate_ids(model, src, src_len, beam, max_len_a=0.0, max_len_b=12, n_best=1)
+    assert any(_repeats(h[0].tokens, 2) for h in free)  # the rule below has something to prevent
+    held = translate_ids(model, src, src_len, beam, max_len_a=0.0, max_len_b=12, min_len=5, no_repeat_ngram=2)
+    for hyps in held:
+        assert 5 <= len(hyps[0].tokens) <= 12  # max_len_a 0: the limit is max_len_b alone, whatever the source length
+        assert not _repeats(hyps[0].tokens, 2)
+
+
+def test_the_length_limit_wins_over_min_len() -> None:
+    model = make("transformer-sinusoidal", seed=6)
+    src, src_len, _ = batch(SOURCES, TARGETS)
+    for beam in (1, 2):
+        hyps = translate_ids(model, src, src_len, beam, max_len_a=0.0, max_len_b=3, min_len=10)
+        assert [len(h[0].tokens) for h in hyps] == [3] * len(hyps)

@@ -207,3 +207,24 @@ def test_selecting_on_ter_keeps_the_lowest(prepared: tuple[Path, Path, Path], mo
     assert (kept["epoch"], kept["valid_score"]) == (2, 50.0)
     with (out / "curve.csv").open() as handle:
         assert [float(r["valid_score"]) for r in csv.DictReader(handle)] == [60.0, 50.0, 55.0]
+
+
+def test_selecting_on_exact_match_scores_the_validation_outputs(
+    prepared: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, data, tok = prepared
+    params = parse_params(deep_merge(PARAMS, {"train": {"epochs": 3, "select_metric": "exact_match", "average_last": 0}}))
+    trainer = Trainer(params.train, params.model, params.evaluate, data, tok)
+    valid = trainer.valid_examples
+    # The outputs of each epoch: the first 10%, 30%, 20% of them equal their reference (one with extra spaces).
+    right = iter([len(valid) // 10, 3 * len(valid) // 10, 2 * len(valid) // 10])
+
+    def outputs(sources: list[str], cfg: object) -> list[str]:
+        n = next(right)
+        return [f" {e.tgt}  " if i < n else "no" for i, e in enumerate(valid)]
+
+    monkeypatch.setattr(trainer.translator, "translate", outputs)
+    out = root / "exact"
+    summary = trainer.fit(out / "model", out / "curve.csv", out / "train.json")
+    assert (summary.select_metric, summary.kept_epoch) == ("exact_match", 2)
+    assert summary.best_valid_score == round(100 * (3 * len(valid) // 10) / len(valid), 2)
