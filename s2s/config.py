@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s2s.errors import S2SError
-from s2s.metrics import MetricName, metric
+from s2s.metrics import MetricName, RougeMulti, metric
 
 
 class ConfigError(S2SError, ValueError):
@@ -338,9 +338,6 @@ class DecodingConfig(_Section):
     def decoding_name(self) -> str:
         """This config's decoding as `evaluate.also` names one: greedy, beam5, ..."""
         return "greedy" if self.beam_size == 1 else f"beam{self.beam_size}"
-
-
-RougeMulti = Literal["best", "mean"]  # several references: the best F per item (rouge-score's score_multi), or the mean
 
 
 class EvaluateConfig(DecodingConfig):

@@ -13,6 +13,8 @@ from typing import Literal, get_args
 
 MetricName = Literal["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "exact_match"]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
+# Several references per item: ROUGE takes the best F per item (rouge-score's score_multi) or the mean over them.
+RougeMulti = Literal["best", "mean"]
 
 
 @dataclass(frozen=True)

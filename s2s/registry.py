@@ -42,6 +42,7 @@ from s2s.config import (
 from s2s.dvc import git, lock_holders
 from s2s.errors import S2SError
 from s2s.eval_records import EvalReport
+from s2s.metrics import RougeMulti
 from s2s.promotion import SKIPPED, Decision, Floor, GateOutcome, decide, refuse, task_conflict
 from s2s.scoring import References, per_item
 from s2s.serving import DECODING_OPTIONS, RequestBatcher, RequestError, ServeLimits, decoding_with
@@ -430,7 +431,7 @@ def score_model(
     metric: str,
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 256,
-    multi: str = "best",
+    multi: RougeMulti = "best",
     stemmer: bool = False,
 ) -> float:
     """Load a registered model through MLflow (as it will be served) and score it as the evaluate stage does.
@@ -448,7 +449,7 @@ def score_model(
     return float(score(hypotheses, references, (metric,), multi, stemmer)[metric])
 
 
-def score_tag(sources: list[str], references: References, metric: str, multi: str = "best", stemmer: bool = False) -> str:
+def score_tag(sources: list[str], references: References, metric: str, multi: RougeMulti = "best", stemmer: bool = False) -> str:
     """The version tag that caches a model's `metric` on exactly this test set, references and scoring convention (a
     version's decoding never changes); one reference per item and the defaults hash as they did before either existed."""
     items = per_item(references)

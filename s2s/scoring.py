@@ -2,7 +2,7 @@
 
 sacreBLEU gives BLEU, chrF and TER; Google's `rouge-score` gives ROUGE-1,
 ROUGE-2 and ROUGE-L (F-measure, averaged over items, x 100); the names
-and directions are `s2s.metrics'`. Its own module because validation,
+and directions are `s2s.metrics`'. Its own module because validation,
 evaluation and the promotion gate all score: a change to any one of them
 must not make DVC retrain for the others.
 
@@ -19,10 +19,9 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from s2s.metrics import METRIC_NAMES, metric
+from s2s.metrics import METRIC_NAMES, RougeMulti, metric
 
 ROUGE = ("rouge1", "rouge2", "rougeL")
-RougeMulti = str  # "best" or "mean": config.RougeMulti (not imported: the config pulls in pydantic)
 # Per item, its references; a flat list of strings is one reference per item.
 References = Sequence[str] | Sequence[Sequence[str]]
 

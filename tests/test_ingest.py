@@ -275,13 +275,13 @@ def test_a_bad_document_names_file_line_and_field(tmp_path: Path, line: str, mes
 
 def test_long_sources_are_truncated_in_train_only_and_counted(tmp_path: Path) -> None:
     train = [{"id": str(i), "body": " ".join(f"w{i}-{j}" for j in range(50 + i)), "subject": f"s {i}"} for i in range(20)]
-    dev = [{**r, "ann0": "a", "ann1": "b", "ann2": "c"} for r in train[:4]]
+    dev = [{**r, "ann0": "a", "ann1": "b", "ann2": "c"} for r in train[10:14]]  # longer than the cut
     cfg = document_config(tmp_path, train, dev, max_words=None, max_ratio=None, max_source_words=55, drop_leaks=False)
     splits, stats = build_splits(cfg, tmp_path, tmp_path / "dl")
     assert [len(e.src.split()) for e in splits["train"]] == [min(50 + i, 55) for i in range(20)]
     assert stats["train"].cleaned["truncated"] == 14 and not stats["train"].dropped
     # Given valid and test sets are benchmarks: neither truncated nor filtered.
-    assert [len(e.src.split()) for e in splits["test"]] == [50, 51, 52, 53]
+    assert [len(e.src.split()) for e in splits["test"]] == [60, 61, 62, 63]
     assert "truncated" not in stats["test"].cleaned
 
 
