@@ -86,6 +86,6 @@ def test_clean_input_in_every_format_is_ingested_whole(tsv: bool, gz: bool) -> N
         raw = {"ingest": {"corpus": "files", "files": {"train": train}, "holdout": {"valid": 1, "test": 1}}}
         splits, stats = build_splits(parse_params(raw).ingest, root, root / "dl")
         assert (stats["train"].read, stats["train"].kept, len(splits["valid"]), len(splits["test"])) == (12, 10, 1, 1)
-        assert sorted(splits["train"] + splits["valid"] + splits["test"]) == sorted(
+        assert sorted(e.pair for e in splits["train"] + splits["valid"] + splits["test"]) == sorted(
             zip((s.decode() for s in GOOD), (t.decode() for t in targets), strict=True)
         )

@@ -20,7 +20,7 @@ def test_preset_ingests_multi30k(tmp_path: Path) -> None:
     assert (stats["train"].read, stats["valid"].read, stats["test"].read) == (29000, 1014, 1000)
     # test_2016_flickr stays exactly as published: nothing dropped, nothing changed.
     assert len(splits["test"]) == 1000 and sum(stats["test"].dropped.values()) == 0
-    assert splits["test"][0][0].startswith("A man in an orange hat")
+    assert splits["test"][0].src.startswith("A man in an orange hat")
     train = stats["train"]
     assert train.read == train.kept + sum(train.dropped.values())
     assert not (tmp_path / "downloads").exists()  # local files are read in place, never copied
