@@ -175,7 +175,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="s2s", description="Train, evaluate, register and use seq2seq translation models.")
+    parser = argparse.ArgumentParser(
+        prog="s2s",
+        description="Train, evaluate, register and serve sequence-to-sequence models (translation, summarisation, any "
+        "text-to-text task).",
+    )
     parser.add_argument("--verbose", action="store_true", help="show Prefect's tracebacks and restatements of a failure too")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)

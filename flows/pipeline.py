@@ -180,6 +180,6 @@ def pipeline(workspace: str = ".", force: bool = False) -> RunResult:
     ui = registered.tracking_uri if is_server(registered.tracking_uri) else params.registry.ui_url  # a server is its own UI
     result = RunResult(ran, registered, gate, metrics, training, ingest)
     create_markdown_artifact(summary.markdown_report(result, ui), key="s2s-run-report", description="s2s pipeline run report")
-    create_table_artifact(summary.sample_rows(root), key="s2s-sample-translations",
-                          description="first test sentences: source, reference, hypothesis")  # fmt: skip
+    create_table_artifact(summary.sample_rows(root), key="s2s-sample-outputs",
+                          description="first test items: source, reference, hypothesis")  # fmt: skip
     return result

@@ -1,4 +1,4 @@
-"""The `s2s` commands that need no Prefect: translate, presets, promote, rollback, restore, export, serve.
+"""The `s2s` commands that need no Prefect: generate (alias translate), presets, promote, rollback, restore, export, serve.
 
 `flows.cli` builds the `s2s` command line from these and its own (run, schedule, sweep, stack); each handler
 takes the parsed arguments and returns the exit code.
@@ -33,27 +33,29 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
-Decoder = Callable[[list[str]], list[list[str]]]  # sentences -> their n-best translations
+Decoder = Callable[[list[str]], list[list[str]]]  # inputs -> their n-best outputs
 
 
-def _translate(args: argparse.Namespace) -> int:
-    """Translate arguments or a file with a registered model (any models:/ URI) or a local checkpoint."""
+def _generate(args: argparse.Namespace) -> int:
+    """Outputs for arguments or a file (translations, summaries...) with a registered model (any models:/ URI) or a
+    local checkpoint; `s2s translate` is the same command."""
     from pydantic import ValidationError
 
     from s2s.config import DecodingConfig, format_validation_error
 
+    command = f"s2s {args.command}"  # generate, or translate as it was called
     lines = Path(args.input).read_text(encoding="utf-8").splitlines() if args.input else args.text
     if not lines:
-        print("s2s translate: give text arguments or --input FILE", file=sys.stderr)
+        print(f"{command}: give text arguments or --input FILE", file=sys.stderr)
         return 2
     # Only the options given: a registered model decodes as registered for the rest, a local one with the defaults.
     options = {"beam_size": args.beam, "length_penalty": args.length_penalty, "max_len_a": args.max_len_a,
-               "max_len_b": args.max_len_b}  # fmt: skip
+               "max_len_b": args.max_len_b, "min_len": args.min_len, "no_repeat_ngram": args.no_repeat_ngram}  # fmt: skip
     options = {k: v for k, v in options.items() if v is not None}
     try:
         cfg = DecodingConfig(**options, batch_size=args.batch_size)
     except ValidationError as err:  # refused before any model loads, naming the option
-        print(format_validation_error(err, DecodingConfig, "s2s translate"), file=sys.stderr)
+        print(format_validation_error(err, DecodingConfig, command), file=sys.stderr)
         return 2
     if args.n_best > 1:
         options["beam_size"] = cfg.beam_for(args.n_best)
@@ -69,12 +71,12 @@ def _translate(args: argparse.Namespace) -> int:
         def decoder(chunk: list[str]) -> list[list[str]]:
             return translator.translate_nbest(chunk, args.n_best, cfg)
 
-    _write_translations(args, lines, decoder)
+    _write_outputs(args, lines, decoder)
     return 0
 
 
 def _registered_decoder(args: argparse.Namespace, options: dict[str, Any]) -> Decoder | None:
-    """A registered model's n-best translations with `options`; None (and why, on stderr) if it cannot take them."""
+    """A registered model's n-best outputs with `options`; None (and why, on stderr) if it cannot take them."""
     from s2s.registry import load_registered, unaccepted_options
 
     model = load_registered(args.model, args.tracking_uri, Path.cwd())
@@ -82,9 +84,9 @@ def _registered_decoder(args: argparse.Namespace, options: dict[str, Any]) -> De
         options = {**options, "n_best": args.n_best}
     refused = unaccepted_options(model, options)
     if refused:
-        print(f"s2s translate: {args.model} was registered before models took "
+        print(f"s2s {args.command}: {args.model} was registered before models took "
               f"{', '.join('--' + k.replace('_', '-') for k in refused)}, which would be ignored; it decodes as "
-              "registered. Drop the option(s), or translate with a local model folder.", file=sys.stderr)  # fmt: skip
+              "registered. Drop the option(s), or use a local model folder.", file=sys.stderr)  # fmt: skip
         return None
 
     def decoder(chunk: list[str]) -> list[list[str]]:
@@ -94,11 +96,11 @@ def _registered_decoder(args: argparse.Namespace, options: dict[str, Any]) -> De
     return decoder
 
 
-def _write_translations(args: argparse.Namespace, lines: list[str], decoder: Decoder) -> None:
-    """One line per translation, or with --n-best: sentence number, rank, text per hypothesis."""
+def _write_outputs(args: argparse.Namespace, lines: list[str], decoder: Decoder) -> None:
+    """One line per output, or with --n-best: input number, rank, text per hypothesis."""
     from tqdm import tqdm
 
-    def translate(chunk: list[str], offset: int) -> list[str]:
+    def outputs(chunk: list[str], offset: int) -> list[str]:
         hypotheses = decoder(chunk)
         if args.n_best == 1:
             return [hyps[0] for hyps in hypotheses]
@@ -110,7 +112,7 @@ def _write_translations(args: argparse.Namespace, lines: list[str], decoder: Dec
         bar = stack.enter_context(tqdm(total=len(lines), unit="sent", disable=not args.input, file=sys.stderr))
         for start in range(0, len(lines), step):
             chunk = lines[start : start + step]
-            out.writelines(t + "\n" for t in translate(chunk, start))
+            out.writelines(t + "\n" for t in outputs(chunk, start))
             bar.update(len(chunk))
 
 
@@ -218,7 +220,7 @@ def _rollback(args: argparse.Namespace) -> int:
 def add_to(sub: Any) -> None:
     """Add these commands to the `s2s` parser's subcommands."""
     _add_presets(sub)
-    _add_translate(sub)
+    _add_generate(sub)
     _add_registry_commands(sub)
     _add_serve(sub)
 
@@ -228,29 +230,34 @@ def _add_presets(sub: Any) -> None:
     ps.set_defaults(func=_presets)
 
 
-def _add_translate(sub: Any) -> None:
+def _add_generate(sub: Any) -> None:
     from s2s.config import DecodingConfig
 
     local = DecodingConfig()  # what a model folder decodes with; a registered model decodes as it was registered
-    tr = sub.add_parser("translate", help="translate text with a registered model or a local checkpoint")
-    tr.add_argument("text", nargs="*", help="sentences to translate (or --input)")
+    tr = sub.add_parser("generate", aliases=["translate"], help="outputs for input texts (translations, summaries...) "
+                        "from a registered model or a local checkpoint; `s2s translate` is the same command")  # fmt: skip
+    tr.add_argument("text", nargs="*", help="input texts (or --input)")
     tr.add_argument("--model", default=MODEL_DIR, help="models:/NAME/VERSION, models:/NAME@ALIAS, or a model folder "
                     f"(default: {MODEL_DIR})")  # fmt: skip
     tr.add_argument("--tokenizer", default=TOKENIZER_DIR, help=f"tokenizer folder for a model folder (default: {TOKENIZER_DIR})")
     tr.add_argument(
         "--tracking-uri", help="MLflow registry URI for models:/ URIs (default: $MLFLOW_TRACKING_URI, else the local store)"
     )
-    tr.add_argument("--input", help="file with one sentence per line (default: the text arguments)")
-    tr.add_argument("--output", help="write translations here (default: standard output)")
+    tr.add_argument("--input", help="file with one input per line (default: the text arguments); a document's line "
+                    "breaks may stand there as the separator it was trained with (ingest fields.newline)")  # fmt: skip
+    tr.add_argument("--output", help="write the outputs here (default: standard output)")
     registered = "default: as the registered model was evaluated; a model folder"
     tr.add_argument("--beam", type=int, help=f"beam size, 1 = greedy ({registered}: {local.beam_size})")
     tr.add_argument("--length-penalty", type=float, help=f"GNMT length-penalty alpha ({registered}: {local.length_penalty})")
     tr.add_argument("--max-len-a", type=float, help=f"output limit = a * source subwords + b ({registered}: {local.max_len_a})")
     tr.add_argument("--max-len-b", type=int, help=f"the b of that limit ({registered}: {local.max_len_b})")
-    tr.add_argument("--n-best", type=int, default=1, help="hypotheses per sentence, one line each: number, rank, text "
+    tr.add_argument("--min-len", type=int, help=f"subwords before EOS is allowed ({registered}: {local.min_len})")
+    tr.add_argument("--no-repeat-ngram", type=int, help="no n-gram of this size twice in an output, 0 = off "
+                    f"({registered}: {local.no_repeat_ngram})")  # fmt: skip
+    tr.add_argument("--n-best", type=int, default=1, help="hypotheses per input, one line each: number, rank, text "
                     "(default: 1)")  # fmt: skip
-    tr.add_argument("--batch-size", type=int, default=64, help="sentences decoded together (default: 64)")
-    tr.set_defaults(func=_translate)
+    tr.add_argument("--batch-size", type=int, default=64, help="inputs decoded together (default: 64)")
+    tr.set_defaults(func=_generate)
 
 
 def _add_registry_commands(sub: Any) -> None:

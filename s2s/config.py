@@ -233,6 +233,15 @@ class ModelConfig(_Section):
     arch: Literal["rnn", "transformer"] = "rnn"
     rnn: RNNConfig = RNNConfig()
     transformer: TransformerConfig = TransformerConfig()
+    # Copy attention (pointer-generator, s2s.models.copy): outputs may copy source subwords; a joint vocabulary and a
+    # Transformer (whose decoder hands out its features) are needed, and CTranslate2 has no equivalent to export to.
+    copy_attention: bool = False
+
+    @model_validator(mode="after")
+    def _copy_arch(self) -> ModelConfig:
+        if self.copy_attention and self.arch != "transformer":
+            raise ValueError(f"copy_attention: true needs arch: transformer (arch is {self.arch!r})")
+        return self
 
 
 # ---------------------------------------------------------------------------- train
@@ -440,6 +449,12 @@ class Params(_Section):
     def _none_is_default(cls, value: Any) -> Any:
         # An empty YAML section (`train:` with only comments) parses to None.
         return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _export_needs_plain_transformer(self) -> Params:
+        if self.promote.export is not None and self.model.copy_attention:
+            raise ValueError("promote.export: a model with copy_attention: true has no CTranslate2 equivalent; unset one of them")
+        return self
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -167,6 +167,12 @@ def convert(model_path: Path, tokenizer_dir: Path, out_dir: Path, quantization: 
             "CTranslate2: CTranslate2 runs Transformer encoder-decoders only and has no spec for recurrent cells with "
             "attention; serve this model with the PyTorch engine (the registered version as it is)"
         )
+    if cfg.copy_attention:
+        raise ExportError(
+            f"{model_path}: a model with copy attention (model.copy_attention: true) cannot be exported to CTranslate2: its "
+            "decoder mixes the vocabulary with copied source tokens, which CTranslate2's Transformer spec has no place "
+            "for; serve it with the PyTorch engine (the registered version as it is)"
+        )
     model, _, _ = checkpoint.load_model(model_path, "cpu")
     assert isinstance(model, TransformerSeq2Seq)
     tokenizers = Tokenizers.load(tokenizer_dir)

@@ -28,7 +28,7 @@ from pathlib import Path
 from s2s.config import CleanConfig, DocumentFields, IngestConfig, Location, SplitSource
 from s2s.corpus import generate_pairs
 from s2s.errors import S2SError
-from s2s.layout import DOWNLOADS_DIR, RAW_DIR, SPLITS, Example, write_prepared
+from s2s.layout import DOWNLOADS_DIR, RAW_DIR, SPLITS, Example, join_lines, write_prepared
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SPACES = re.compile(r"\s+")
 # A run of line breaks (with the blanks around them) in a document; U+2028/2029 and NEL are line breaks too.
-_BREAKS = re.compile(r"[ \t]*(?:\r\n|[\r\n\x85\u2028\u2029])(?:\s*(?:\r\n|[\r\n\x85\u2028\u2029]))*[ \t]*")
 # The clean rule a drop reason comes from: the key to change when ingest keeps too little.
 REASON_KEYS = {
     "too_long": "ingest.clean.max_words", "length_ratio": "ingest.clean.max_ratio", "duplicate": "ingest.clean.dedup",
@@ -250,16 +249,11 @@ def read_documents(path: Path, kind: str, fields: DocumentFields, references: bo
                 raise IngestError(f"{where}: field {name!r} is missing (fields: {', '.join(map(str, record)) or 'none'})")
             if not isinstance(value, str):
                 raise IngestError(f"{where}: field {name!r} is a {type(value).__name__}, expected a string")
-        texts = [_breaks(record[name], fields.newline) for name in names]
+        texts = [join_lines(record[name], fields.newline) for name in names]
         n_refs = len(fields.references) if references else 0
         rows.append(RawLine(texts[0], texts[1], where, tuple(texts[2 : 2 + n_refs]),
                             str(record[fields.id]).strip() if fields.id else ""))  # fmt: skip
     return rows
-
-
-def _breaks(text: str, newline: str | None) -> str:
-    """Line breaks of a document as the visible separator (one per run of breaks), or as spaces."""
-    return _BREAKS.sub(f" {newline} " if newline else " ", text.strip())
 
 
 # ---------------------------------------------------------------------------- clean
@@ -447,7 +441,8 @@ def run(cfg: IngestConfig, workspace: Path, out_dir: Path, stats_path: Path) -> 
     if problems:
         raise IngestError("inputs DVC cannot track:\n  " + "\n  ".join(problems))
     splits, stats = build_splits(cfg, workspace, workspace / DOWNLOADS_DIR)
-    write_prepared(splits, out_dir)
+    fields = cfg.files.fields if cfg.files is not None else None
+    write_prepared(splits, out_dir, fields.newline if fields is not None else None)
     report = {"src_lang": cfg.src_lang, "tgt_lang": cfg.tgt_lang, **{k: v.to_dict() for k, v in stats.items()}}
     stats_path.parent.mkdir(parents=True, exist_ok=True)
     stats_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -9,6 +9,8 @@ from here, so a path is changed in one place and a test catches the other.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -171,6 +173,26 @@ class Example:
         return list(self.refs) if which == "given" and self.refs else [self.tgt]
 
 
+# Beside the splits when their texts had line breaks: {"newline": SEPARATOR}. The tokenizer stage copies it into the
+# tokenizer, so that every engine (evaluate, `s2s generate`, a served model) joins a new input's lines the same way.
+TEXT_FILE = "text.json"
+_BREAKS = re.compile(r"[ \t]*(?:\r\n|[\r\n\x85\u2028\u2029])(?:\s*(?:\r\n|[\r\n\x85\u2028\u2029]))*[ \t]*")
+
+
+def join_lines(text: str, newline: str | None) -> str:
+    """A document's line breaks as the visible separator `newline` (one per run of breaks), or as spaces."""
+    return _BREAKS.sub(f" {newline} " if newline else " ", text.strip())
+
+
+def read_newline(directory: Path) -> str | None:
+    """The separator the prepared texts in `directory` stand for line breaks with; None if they had none."""
+    path = directory / TEXT_FILE
+    if not path.is_file():
+        return None
+    newline = json.loads(path.read_text(encoding="utf-8")).get("newline")
+    return str(newline) if newline else None
+
+
 def prepared_file(directory: Path, split: str, side: str) -> Path:
     """`{split}.src` / `{split}.tgt`: one text per line, UTF-8, line-aligned; beside them, where the data has them,
     `{split}.ref0`, `{split}.ref1`, ... (further references) and `{split}.id` (item ids)."""
@@ -181,11 +203,14 @@ def _ref_side(k: int) -> str:
     return f"ref{k}"
 
 
-def write_prepared(splits: dict[str, list[Example]] | dict[str, list[Pair]], out_dir: Path) -> None:
-    """Write every split atomically: all files or none replace the old ones."""
+def write_prepared(splits: dict[str, list[Example]] | dict[str, list[Pair]], out_dir: Path, newline: str | None = None) -> None:
+    """Write every split atomically: all files or none replace the old ones. `newline`: the separator the texts'
+    line breaks were joined with (`join_lines`), recorded in TEXT_FILE."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
+        if newline:
+            (tmp / TEXT_FILE).write_text(json.dumps({"newline": newline}, ensure_ascii=False) + "\n", encoding="utf-8")
         for split, items in splits.items():
             examples = [Example.of(item) for item in items]
             columns = {"src": [e.src for e in examples], "tgt": [e.tgt for e in examples]}

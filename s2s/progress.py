@@ -13,6 +13,7 @@ class Progress:
         self.what, self.total, self.log, self.every = what, total, logger, every
         self.done, self.start = 0, time.perf_counter()
         self.last = self.start
+        self.log.info("%s: %d items", what, total)  # the size of the job at once, the rate and time left later
 
     def __call__(self, finished: int) -> None:
         self.done += finished

@@ -64,7 +64,7 @@ RESTORED_FILES = (layout.LOCK_FILE, layout.PARAMS_FILE, layout.INGEST_STATS, lay
 LINEAGE_FILES = (*RESTORED_FILES, layout.DVC_FILE)
 # MLflow's models-from-code: this file is stored with each version and run when it loads, so no pickled object is
 # kept; the s2s package travels with the version (code_paths).
-MODEL_CODE = '''"""The s2s translation model as MLflow loads it (models-from-code)."""
+MODEL_CODE = '''"""The s2s model as MLflow loads it (models-from-code)."""
 
 import mlflow
 
@@ -88,7 +88,7 @@ def input_example(decoding: DecodingConfig) -> tuple[list[str], dict[str, Any]]:
 
 
 class S2SPyfunc(mlflow.pyfunc.PythonModel):
-    """A registered s2s model: source strings in, translations out, on the engine the version holds."""
+    """A registered s2s model: source texts in, outputs (translations, summaries...) out, on the engine the version holds."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         # Imported here: `code_paths` puts s2s on the path first.
@@ -338,7 +338,7 @@ def _create_version(
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description="s2s translation model (source strings in, translations out)")
+        client.create_registered_model(name, description="s2s sequence-to-sequence model (source texts in, outputs out)")
     return client.create_model_version(
         name, source=info.model_uri, run_id=run_id, tags=tags, description=description, model_id=info.model_id
     )

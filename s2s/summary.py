@@ -145,7 +145,7 @@ def markdown_report(result: RunResult, ui: str) -> str:
 
 
 def sample_rows(workspace: Path, n: int = 10) -> list[dict[str, str]]:
-    """The first `n` test sentences: source, reference, hypothesis."""
+    """The first `n` test items: source, reference, hypothesis (and id and further references, where the data has them)."""
     with (workspace / layout.HYPOTHESES).open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     return rows[:n]

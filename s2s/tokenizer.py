@@ -17,6 +17,7 @@ import sentencepiece as spm
 
 from s2s.config import TokenizerConfig
 from s2s.errors import S2SError
+from s2s.layout import join_lines
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ def _train_one(sentences: list[str], cfg: TokenizerConfig, out: Path) -> None:
     out.write_bytes(model.getvalue())
 
 
-def train(cfg: TokenizerConfig, src: list[str], tgt: list[str], out_dir: Path) -> None:
-    """Train one joint model, or one per side, into `out_dir`."""
+def train(cfg: TokenizerConfig, src: list[str], tgt: list[str], out_dir: Path, newline: str | None = None) -> None:
+    """Train one joint model, or one per side, into `out_dir`; `newline`: the separator the texts' line breaks were
+    joined with (layout.TEXT_FILE), which new inputs get too."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.joint:
         _train_one(src + tgt, cfg, out_dir / "joint.model")
@@ -68,7 +70,8 @@ def train(cfg: TokenizerConfig, src: list[str], tgt: list[str], out_dir: Path) -
         _train_one(src, cfg, out_dir / "src.model")
         _train_one(tgt, cfg, out_dir / "tgt.model")
         meta = {"src": "src.model", "tgt": "tgt.model"}
-    (out_dir / META).write_text(json.dumps({**meta, "config": cfg.model_dump()}, indent=2) + "\n")
+    (out_dir / META).write_text(json.dumps({**meta, "newline": newline, "config": cfg.model_dump()}, indent=2,
+                                           ensure_ascii=False) + "\n", encoding="utf-8")  # fmt: skip
     log.info("trained %s tokenizer(s), vocab %d, in %s", "joint" if cfg.joint else "separate", cfg.vocab_size, out_dir)
 
 
@@ -78,18 +81,21 @@ class Tokenizers:
 
     src: spm.SentencePieceProcessor
     tgt: spm.SentencePieceProcessor
+    newline: str | None = None  # what a source's line breaks become (documents); None: sources are taken as they are
 
     @classmethod
     def load(cls, directory: Path) -> Tokenizers:
         meta_path = directory / META
         if not meta_path.is_file():
             raise TokenizerError(f"{meta_path}: tokenizer metadata not found; run the tokenizer stage first")
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         src = spm.SentencePieceProcessor(model_file=str(directory / meta["src"]))
         tgt = src if meta["tgt"] == meta["src"] else spm.SentencePieceProcessor(model_file=str(directory / meta["tgt"]))
-        return cls(src=src, tgt=tgt)
+        return cls(src=src, tgt=tgt, newline=meta.get("newline"))
 
     def encode_src(self, sentences: list[str]) -> list[list[int]]:
+        if self.newline:  # a multi-line input as the model was trained on it; prepared texts have no breaks left
+            sentences = [join_lines(s, self.newline) for s in sentences]
         ids: list[list[int]] = self.src.encode(sentences)  # sentencepiece has no type information
         return ids
 

@@ -115,6 +115,15 @@ def test_recurrent_models_are_refused_with_the_reason(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_copy_attention_models_are_refused_with_the_reason(tmp_path: Path) -> None:
+    cfg = _transformer().model_copy(update={"copy_attention": True})
+    checkpoint.save(tmp_path / "model.pt", build_model(cfg, 120, 120), cfg)
+    with pytest.raises(ExportError, match=r"copy attention \(model.copy_attention: true\) cannot be exported") as err:
+        convert(tmp_path / "model.pt", tmp_path / "tok", tmp_path / "out", "int8")
+    assert "PyTorch engine" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_int8_weights_are_stored_in_seven_bits_that_avx2_cannot_saturate(trained: tuple[Path, Path]) -> None:
     """vpmaddubsw adds two u8 x s8 products in int16: 255 * 127 * 2 overflows it, 255 * 63 * 2 does not."""
     from ctranslate2.specs.model_spec import Variable, visit_spec

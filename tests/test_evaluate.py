@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from support import run_inputs
 
-from s2s import evaluate, layout, tokenizer
+from s2s import evaluate, layout, stage_status, tokenizer
 from s2s.config import ConfigError, EvaluateConfig, ModelConfig, RNNConfig, TokenizerConfig, parse_params
 from s2s.corpus import generate_pairs
 from s2s.eval_records import EvalReport
 from s2s.models import build_model
 from s2s.scoring import score
+from s2s.stages.evaluate import STOPPED
 from s2s.tokenizer import Tokenizers
 from s2s.translate import Translator
 
@@ -101,3 +106,31 @@ def test_several_references_are_scored_under_each_convention_and_written_out(tmp
     target = evaluate.run(cfg.model_copy(update={"references": "target"}), translator, tmp_path / "prepared",
                           tmp_path / "eval2.json", tmp_path / "hyps2.tsv")  # fmt: skip
     assert (target.rougeL, target.references) == (report.reference_sets["target"]["rougeL"], 1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_evaluation_says_it_stopped_evaluating_and_writes_nothing(tmp_path: Path, signum: int) -> None:
+    ws = tmp_path / "ws"
+    run_inputs(ws, "stopped")  # a tokenizer and an (untrained) model at the layout's paths
+    (ws / layout.EVAL_METRICS).unlink()
+    (ws / layout.HYPOTHESES).unlink()
+    pairs = generate_pairs(20000, 5)  # minutes of beam search for that model: the stop comes long before the end
+    layout.write_prepared({"train": pairs[:10], "valid": pairs[:10], "test": pairs}, ws / layout.PREPARED_DIR)
+    proc = subprocess.Popen([sys.executable, "-m", layout.stage("evaluate").module], cwd=ws, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # until decoding has begun
+            lines.append(line)
+            if "decoding the test set" in line:
+                break
+        proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, "".join(lines) + out
+    (status,) = stage_status.read_all(ws)
+    assert (status.stage, status.outcome, status.message) == ("evaluate", "stopped", STOPPED)
+    assert "stopped while evaluating the test set" in out and "Traceback" not in out
+    assert not (ws / layout.EVAL_METRICS).exists() and not (ws / layout.HYPOTHESES).exists()

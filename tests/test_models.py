@@ -11,9 +11,10 @@ import torch
 
 from s2s import tokenizer
 from s2s.batching import ParallelData, pad
-from s2s.config import ModelConfig, RNNConfig, TokenizerConfig, TransformerConfig
+from s2s.config import ConfigError, ModelConfig, RNNConfig, TokenizerConfig, TransformerConfig, parse_params
 from s2s.corpus import generate_pairs
 from s2s.models import Seq2Seq, build_model
+from s2s.models.copy import CopySeq2Seq
 from s2s.models.dropout import Dropout, dropout
 from s2s.models.rnn import Bridge, reverse_padded
 from s2s.models.rnn_decoders import DECODERS
@@ -36,17 +37,18 @@ RNN_VARIANTS: dict[str, dict[str, object]] = {
     "luong-lstm-concat": {"decoder": "luong", "cell": "lstm", "attention": "concat"},
     "luong-gru-general-no-feeding": {"decoder": "luong", "cell": "gru", "attention": "general", "input_feeding": False},
 }
-VARIANTS = [*RNN_VARIANTS, "transformer-sinusoidal", "transformer-learned"]
+VARIANTS = [*RNN_VARIANTS, "transformer-sinusoidal", "transformer-learned", "transformer-copy"]
 ATTENTIVE = [v for v in VARIANTS if not v.startswith(("sutskever", "cho"))]
 
 
 def make(variant: str, seed: int = 0, layers: int = 1) -> Seq2Seq:
-    """A small model: a name from RNN_VARIANTS, or `transformer-POSITIONS`."""
+    """A small model: a name from RNN_VARIANTS, `transformer-POSITIONS` or `transformer-copy` (copy attention)."""
     torch.manual_seed(seed)
     if variant.startswith("transformer"):
+        option = variant.split("-")[1]
         tcfg = TransformerConfig(d_model=16, heads=2, encoder_layers=layers, decoder_layers=layers, ff=32, dropout=0.0,
-                                 positions=variant.split("-")[1], max_positions=64)  # fmt: skip
-        cfg = ModelConfig(arch="transformer", transformer=tcfg)
+                                 positions="sinusoidal" if option == "copy" else option, max_positions=64)  # fmt: skip
+        cfg = ModelConfig(arch="transformer", transformer=tcfg, copy_attention=option == "copy")
     else:
         cfg = ModelConfig(rnn=RNNConfig.model_validate({"emb_dim": 16, "hidden": 24, "layers": layers, "dropout": 0.0,
                                                         **RNN_VARIANTS[variant]}))  # fmt: skip
@@ -282,3 +284,34 @@ def test_the_context_only_lstm_learns_within_a_few_hundred_steps(tmp_path: Path)
     hyps = greedy(model, pad(src_ids), torch.tensor([len(s) for s in src_ids]))
     bleu = score(tok.decode_tgt([h.tokens for h in hyps]), [t for _, t in valid_pairs], metrics=("bleu",))["bleu"]
     assert bleu > 15.0, f"validation BLEU {bleu} after {len(batches)} updates"
+
+
+def test_copy_attention_outputs_a_normalised_mixture_of_vocabulary_and_source() -> None:
+    model = make("transformer-copy")
+    assert isinstance(model, CopySeq2Seq)
+    src, src_len, tgt_in = batch(SOURCES, TARGETS)
+    log_p = model(src, src_len, tgt_in).logits  # (B, T, V) log-probabilities already
+    torch.testing.assert_close(log_p.exp().sum(-1), torch.ones(3, 5))
+    torch.testing.assert_close(log_p.log_softmax(-1), log_p)  # what the loss and the searches take changes nothing
+    # With the switch forced to copying, all the mass is on the sentence's own source tokens, in attention's shares.
+    torch.nn.init.constant_(model.switch.bias, -50.0)
+    with torch.no_grad():
+        out = model(src, src_len, tgt_in)
+    assert out.attention is not None
+    for i, source in enumerate(SOURCES):
+        probs = out.logits[i].exp()  # (T, V)
+        others = [v for v in range(VOCAB) if v not in source]
+        assert float(probs[:, others].max()) < 1e-6
+        torch.testing.assert_close(probs[:, source], out.attention[i, :, : len(source)], rtol=1e-4, atol=1e-5)
+    assert all(set(h.tokens) <= set(s) for h, s in zip(greedy(model, src, src_len, max_len_a=0, max_len_b=4), SOURCES,
+                                                         strict=True))  # fmt: skip
+
+
+def test_copy_needs_a_transformer_a_joint_vocabulary_and_no_ctranslate2_export() -> None:
+    with pytest.raises(ValueError, match="copy_attention: true needs arch: transformer"):
+        ModelConfig(arch="rnn", copy_attention=True)
+    with pytest.raises(ValueError, match="needs a joint vocabulary"):
+        separate = TransformerConfig(share_embeddings=False, tie_output=False)
+        build_model(ModelConfig(arch="transformer", copy_attention=True, transformer=separate), 30, 40)
+    with pytest.raises(ConfigError, match="promote.export: a model with copy_attention: true has no CTranslate2 equivalent"):
+        parse_params({"model": {"arch": "transformer", "copy_attention": True}, "promote": {"export": "int8"}})

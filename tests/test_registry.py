@@ -128,6 +128,11 @@ def test_registered_model_honours_decoding_options_per_request(tmp_path: Path, c
     assert translate() == translator.translate([sentence], EvaluateConfig(beam_size=2))[0]  # no option: as registered
     short = translate("--max-len-a", "0.1", "--max-len-b", "1")
     assert short == translator.translate([sentence], EvaluateConfig(beam_size=2, max_len_a=0.1, max_len_b=1))[0]
+    # `s2s generate` is the same command under a task-neutral name; the summary options pass through per request.
+    assert main(["generate", "--model", "models:/options/1", "--tracking-uri", uri, "--beam", "1", "--min-len", "6",
+                 "--no-repeat-ngram", "1", sentence]) == 0  # fmt: skip
+    constrained = translator.translate([sentence], EvaluateConfig(beam_size=1, min_len=6, no_repeat_ngram=1))[0]
+    assert capsys.readouterr().out.strip() == constrained != by_beam[1]
 
     assert main(["translate", "--model", "models:/options/1", "--tracking-uri", uri, "--beam", "0", sentence]) == 2
     assert "s2s translate: invalid configuration\n  beam_size: Input should be greater than or equal to 1" in (

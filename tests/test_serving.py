@@ -156,7 +156,7 @@ def test_served_export_takes_decoding_options_per_request(registry: dict[str, An
 BAD_REQUESTS: dict[str, tuple[bytes | dict[str, Any], str]] = {
     "malformed JSON": (b'{"inputs": ["a", ', "Ensure that input is a valid JSON formatted string"),
     "not strings": ({"inputs": [1, 2]}, "invalid elements: [('1', 'Expected type str, but got int')"),  # MLflow's check
-    "10,000 characters": ({"inputs": ["a" * 10_000]}, "input 0 has 10000 characters; at most 2000 per sentence"),
+    "60,000 characters": ({"inputs": ["a" * 60_000]}, "input 0 has 60000 characters; at most 50000 per input"),
     "10,000 sentences": ({"inputs": ["A dog."] * 10_000}, "10000 sentences in one request; at most 1000"),
     "beam_size 0": ({"inputs": ["A dog."], "params": {"beam_size": 0}}, "beam_size: Input should be greater than"),
     "beam_size 'five'": ({"inputs": ["A dog."], "params": {"beam_size": "five"}}, "beam_size"),

@@ -104,7 +104,7 @@ def test_a_deployment_run_by_the_worker_lands_in_postgres_and_the_bucket(deploye
                                  "JOIN work_pool wp ON wq.work_pool_id = wp.id")  # fmt: skip
     assert runs == [("COMPLETED", team.POOL)]
     assert sql(stack, "prefect", f"SELECT concurrency_limit FROM work_pool WHERE name = '{team.POOL}'") == [(1,)]
-    assert {key for (key,) in sql(stack, "prefect", "SELECT key FROM artifact")} >= {"s2s-run-report", "s2s-sample-translations"}
+    assert {key for (key,) in sql(stack, "prefect", "SELECT key FROM artifact")} >= {"s2s-run-report", "s2s-sample-outputs"}
     # MLflow's registry rows in PostgreSQL; the gate crowned the first version.
     assert deployed["after_run"]["versions"] == [(NAME, 1)]
     assert deployed["after_run"]["aliases"] == {"champion": 1, "challenger": 1}

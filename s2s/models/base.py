@@ -24,6 +24,7 @@ class DecoderState:
     cache: tuple[torch.Tensor, ...] = ()  # what the decoder carries between steps (attention keys, input feed...); batch on dim 0
     step: int = 0  # target tokens consumed so far (the next token's position)
     static: int = 0  # leading `cache` entries that depend on the source alone (attention keys and values of the memory)
+    source: torch.Tensor | None = None  # (B, S) the source ids, kept where the model copies from them (model.copy_attention)
 
     def select(self, index: torch.Tensor) -> DecoderState:
         """Reorder / repeat the batch (beam search)."""
@@ -34,6 +35,7 @@ class DecoderState:
             cache=tuple(c.index_select(0, index) for c in self.cache),
             step=self.step,
             static=self.static,
+            source=None if self.source is None else self.source.index_select(0, index),
         )
 
     def reorder(self, index: torch.Tensor) -> DecoderState:
@@ -49,6 +51,7 @@ class DecoderState:
             cache=(*self.cache[: self.static], *(c.index_select(0, index) for c in self.cache[self.static :])),
             step=self.step,
             static=self.static,
+            source=self.source,
         )
 
     def __repr__(self) -> str:  # tensors are too long to print
@@ -60,6 +63,7 @@ class DecoderOutput:
     logits: torch.Tensor  # (B, T, V)
     state: DecoderState
     attention: torch.Tensor | None  # (B, T, S) source attention, None without attention
+    features: torch.Tensor | None = None  # (B, T, D) what the output layer reads (Transformer; copy attention needs it)
 
 
 class Seq2Seq(nn.Module):

@@ -210,7 +210,8 @@ class TransformerSeq2Seq(Seq2Seq):
             x, kv, w = layer(x, layer_past, (cross[2 * i], cross[2 * i + 1]), state.mask, need_weights=i == n - 1)
             new_past.extend(kv)
             weights = w if w is not None else weights
-        logits = self.out(self.dec_norm(x))  # (B, T, V)
+        features = self.dec_norm(x)  # (B, T, D)
+        logits = self.out(features)  # (B, T, V)
         new_state = DecoderState(state.memory, state.mask, cache=(*cross, *new_past), step=state.step + tgt_in.size(1),
                                  static=state.static)  # fmt: skip
-        return DecoderOutput(logits, new_state, weights)
+        return DecoderOutput(logits, new_state, weights, features)
