@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,8 @@ def test_a_stop_during_evaluation_says_it_stopped_evaluating_and_writes_nothing(
     layout.write_prepared({"train": pairs[:10], "valid": pairs[:10], "test": pairs}, ws / layout.PREPARED_DIR)
     proc = subprocess.Popen([sys.executable, "-m", layout.stage("evaluate").module], cwd=ws, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    watchdog = threading.Timer(120, proc.kill)  # reading its output waits on the stage: never for more than this
+    watchdog.start()
     try:
         assert proc.stdout is not None
         lines = []
@@ -128,6 +131,7 @@ def test_a_stop_during_evaluation_says_it_stopped_evaluating_and_writes_nothing(
         proc.send_signal(signum)
         out, _ = proc.communicate(timeout=60)
     finally:
+        watchdog.cancel()
         proc.kill()
     assert proc.returncode == 128 + signum, "".join(lines) + out
     (status,) = stage_status.read_all(ws)
