@@ -55,9 +55,19 @@ ARCHS = ("sutskever-lstm", "context-gru", "cho-gru", "bahdanau-gru", "luong-lstm
 GPU_RECIPE = "transformer-gpu"
 
 
-def matmul_gflops(device: torch.device, seconds: float = 3.0, n: int = 2048) -> float:
-    """This machine's dense float32 matmul throughput (bf16 on GPU), the ceiling training is measured against."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 3.0, n: int = 2048) -> float:
+    """This machine's dense matmul throughput in one precision: a ceiling training is measured against.
+
+    A precision the CPU only emulates (bf16 on AVX2: ~1 GFLOP/s, where one 2048^3 matmul takes 20 s) is measured on
+    512x512 matrices, so that the measurement takes seconds."""
+    probe = torch.randn(512, 512, device=device, dtype=dtype)
+    start = time.perf_counter()
+    probe @ probe
+    if device.type == "cpu" and 2 * 512**3 / (time.perf_counter() - start) < 20e9:
+        n = 512
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -68,6 +78,11 @@ def matmul_gflops(device: torch.device, seconds: float = 3.0, n: int = 2048) -> 
         if device.type == "cuda":
             torch.cuda.synchronize()
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def matmul_peaks(device: torch.device) -> dict[str, float]:
+    """The matmul peak in every precision: on an AMX CPU bf16 is ~6.6x float32, on an AVX2-only one it is slower."""
+    return {name: round(matmul_gflops(device, dtype), 1) for name, dtype in MATMUL_DTYPES.items()}
 
 
 def train_flops_per_token(translator: Translator, ws: Path, batch_tokens: int, label_smoothing: float) -> float:
@@ -150,7 +165,9 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{t['train_seconds'] / 60:.1f} min, {t['epochs']} epochs, {t['updates']:,} updates; kept {t['kept']}",
             f"**{g['metrics']['bleu']}** / **{b['metrics']['bleu']}**",
             f"{b['metrics']['chrf']} / {b['metrics']['ter']} / {b['metrics']['rougeL']}",
-            f"{t['tokens_per_second']:,.0f} ({r['train_fraction_of_matmul']:.0%} of {r['matmul_gflops']:.0f} GFLOP/s)",
+            f"{t['tokens_per_second']:,.0f} ({r['train_fraction_of_matmul']:.0%} of {r['matmul_gflops']:.0f} GFLOP/s "
+            f"{r.get('train_precision', 'float32')}; {r.get('train_fraction_of_best_matmul', r['train_fraction_of_matmul']):.0%} "
+            "of the best precision's)",
             f"{g['sentences_per_second']} / {one_at_a_time} / {b['sentences_per_second']}",
         ]
         rows.append("| " + " | ".join(cells) + " |")
@@ -203,7 +220,9 @@ def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
     batched = decode(translator, sources[:n], refs[:n], beam=5, batch=64)
     single = decode(translator, sources[:n], refs[:n], beam=5, batch=1)
     greedy_single = decode(translator, sources[:n], refs[:n], beam=1, batch=1)  # what an interactive user waits for
-    peak = matmul_gflops(device)
+    peaks = matmul_peaks(device)
+    trained_in = train.get("precision", "float32")
+    peak, best = peaks[trained_in], max(peaks.values())
     params_count = train["parameters"]
     flops_per_token = train_flops_per_token(translator, ws, params["train"]["batch_tokens"], params["train"]["label_smoothing"])
     train_gflops = flops_per_token * train["tokens_per_second"] / 1e9
@@ -232,10 +251,14 @@ def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
             "sentences_per_second": greedy_single["sentences_per_second"],
             "milliseconds_per_sentence": round(1000 * greedy_single["seconds"] / n, 1),
         },
-        "matmul_gflops": round(peak, 1),
+        "cpu_flags": train.get("cpu_flags", []),
+        "train_precision": trained_in,
+        "matmul_gflops_by_precision": peaks,
+        "matmul_gflops": peak,  # of the precision training ran in
         "train_flops_per_token": round(flops_per_token),
         "train_gflops": round(train_gflops, 2),
         "train_fraction_of_matmul": round(train_gflops / peak, 3),
+        "train_fraction_of_best_matmul": round(train_gflops / best, 3),
         "model_parameters": params_count,
         "peak_memory_mb": train.get("peak_memory_mb"),
     }
@@ -250,8 +273,12 @@ def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
             f"  {label:7s} BLEU {m['bleu']}  chrF {m['chrf']}  {r['sentences_per_second']} sent/s  {r['tokens_per_second']} tok/s"
         )
     print(f"  signature {b['metrics']['bleu_signature']}")
-    print(f"  training: {train['epochs']} epochs, {train['train_seconds']} s, {train['tokens_per_second']} tok/s, "
-          f"~{results['train_fraction_of_matmul']:.0%} of this machine's {peak:.0f} GFLOP/s matmul")  # fmt: skip
+    print(
+        f"  training in {trained_in}: {train['epochs']} epochs, {train['train_seconds']} s, {train['tokens_per_second']} "
+        f"tok/s, ~{results['train_fraction_of_matmul']:.0%} of this machine's {peak:.0f} GFLOP/s {trained_in} matmul, "
+        f"{results['train_fraction_of_best_matmul']:.0%} of its best ({best:.0f}); CPU flags: {' '.join(results['cpu_flags'])}"
+    )
+    print("  matmul peaks: " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peaks.items()))
     bb = results["beam5_batched_vs_one_at_a_time"]
     print(f"  beam 5 batched vs one at a time: {bb['speedup']}x, identical output: {bb['identical_output']}")
     print(f"  greedy, one sentence at a time: {results['greedy_one_at_a_time']['sentences_per_second']} sent/s")

@@ -155,7 +155,7 @@ def export_champion(workspace: Path, registry: RegistryConfig, quantization: Qua
 
 @flow(name="s2s-pipeline", log_prints=True)
 def pipeline(workspace: str = ".", force: bool = False) -> RunResult:
-    """ingest -> tokenizer -> train -> evaluate (DVC), push to the DVC remote, register and gate in MLflow.
+    """ingest -> tokenizer -> encode -> train -> evaluate (DVC), push to the DVC remote, register and gate in MLflow.
 
     The stages read the workspace's params.yaml (DVC records what each ran with in dvc.lock); the flow reads
     and validates it once, up front, and hands its own tasks the typed sections they need.

@@ -3,7 +3,7 @@
 A trial gets a fresh git + DVC workspace under `.cache/sweeps/STUDY/trial-NNN` (the checkout's stages and
 code, the trial's params) that shares the checkout's DVC cache, so DVC's run-cache restores a stage another
 trial already ran with the same deps and params (ingest always; the tokenizer for a vocabulary size seen
-before) instead of running it again. `dvc repro train` runs ingest, tokenizer and train; the test split is
+before) instead of running it again. `dvc repro train` runs ingest, tokenizer, encode and train; the test split is
 never decoded: trials are judged on the validation split only. While training runs, each epoch's validation
 score goes to the study's pruner; a trial it stops gets SIGTERM (the train stage stops cleanly) and is recorded
 as pruned. A stage that fails (a diverged loss, bad params) makes the trial failed, with the stage's own
@@ -46,7 +46,7 @@ def trial_workspace(workspace: Path, study: str, number: int, raw: dict[str, Any
 
 @task(name="trial-stages", task_run_name="trial {number}: dvc repro train", cache_policy=NO_CACHE)
 def trial_stages(root: Path, number: int, watcher: sweep_runs.EpochWatcher) -> TrainSummary | None:
-    """ingest, tokenizer and train (DVC), pruned by `watcher`; the train stage's summary (None when pruned)."""
+    """ingest, tokenizer, encode and train (DVC), pruned by `watcher`; the train stage's summary (None when pruned)."""
     args = dvc.command("repro", layout.stage("train").name)
     try:
         run_logged(args, root, f"trial {number}", get_run_logger(), poll=watcher.poll)

@@ -109,15 +109,27 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Seq2Seq,
 RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "progress")  # what a resume state holds
 
 
-def resume_key(cfg: TrainConfig, model_cfg: ModelConfig, eval_cfg: EvaluateConfig, prepared: Path, tokenizer_dir: Path) -> str:
+def resume_key(
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    eval_cfg: EvaluateConfig,
+    prepared: Path,
+    tokenizer_dir: Path,
+    encoded: Path | None = None,
+) -> str:
     """What a resume state belongs to: the same configs, data and tokenizer, nothing else.
 
-    The process layout is left out: a run killed on N processes may continue on M (the update is the same).
+    The process layout is left out: a run killed on N processes may continue on M (the update is the same). With
+    the encode stage's files, their meta.json (which holds each file's sha256) stands for the training data.
     """
     configs = [cfg.model_dump(exclude={"distributed"}), model_cfg.model_dump(), eval_cfg.model_dump()]
     digest = hashlib.sha256(json.dumps(configs, sort_keys=True).encode())
-    for path in sorted([*prepared.glob("train.*"), *prepared.glob("valid.*"), *tokenizer_dir.glob("*")]):
-        digest.update(path.name.encode() + path.read_bytes())
+    data = [*prepared.glob("valid.*"), *(encoded.glob("meta.json") if encoded is not None else prepared.glob("train.*"))]
+    for path in sorted([*data, *tokenizer_dir.glob("*")]):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:  # in blocks: a corpus of millions of pairs is not read into memory
+            while block := handle.read(1 << 22):
+                digest.update(block)
     return digest.hexdigest()[:24]
 
 

@@ -276,6 +276,9 @@ class DistributedConfig(_Section):
 MallocMode = Literal["auto", "keep", "system"]  # train.malloc: see s2s.allocator
 
 
+AmpMode = Literal["auto", "off", "bf16"]  # train.amp; s2s.precision decides what each means on a machine
+
+
 class TrainConfig(_Section):
     seed: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -301,7 +304,7 @@ class TrainConfig(_Section):
     patience: int = Field(default=0, ge=0)
     max_minutes: float = Field(default=0.0, ge=0.0)
     average_last: int = Field(default=0, ge=0)
-    amp: Literal["off", "bf16"] = "off"
+    amp: AmpMode = "auto"  # s2s.precision: auto is bf16 where the GPU or CPU multiplies it natively, else float32
     compile: bool = False
     accumulate: int = Field(default=1, ge=1)
     distributed: DistributedConfig = DistributedConfig()

@@ -13,9 +13,10 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from s2s import dotted
 from s2s.config import EvaluateConfig
@@ -30,6 +31,7 @@ RAW_DIR = "data/raw"
 PREPARED_DIR = "data/prepared"
 INGEST_STATS = "metrics/ingest.json"
 TOKENIZER_DIR = "artifacts/tokenizer"
+ENCODED_DIR = "data/encoded"  # s2s.encoded: every split's token ids, memory-mapped by training
 MODEL_DIR = "artifacts/model"
 MODEL_FILE = "model.pt"  # the checkpoint inside MODEL_DIR
 TRAIN_CURVE = "metrics/train_curve.csv"
@@ -94,16 +96,24 @@ STAGES: tuple[Stage, ...] = (
         outs=(TOKENIZER_DIR,),
     ),
     Stage(
+        "encode",
+        args={"--data": PREPARED_DIR, "--tokenizer": TOKENIZER_DIR, "--out": ENCODED_DIR},
+        inputs=(PREPARED_DIR, TOKENIZER_DIR),
+        params=(),
+        outs=(ENCODED_DIR,),
+    ),
+    Stage(
         "train",
         args={
             "--data": PREPARED_DIR,
+            "--encoded": ENCODED_DIR,
             "--tokenizer": TOKENIZER_DIR,
             "--out": MODEL_DIR,
             "--curve": TRAIN_CURVE,
             "--summary": TRAIN_SUMMARY,
             "--resume-dir": RESUME_DIR,
         },
-        inputs=(PREPARED_DIR, TOKENIZER_DIR),
+        inputs=(PREPARED_DIR, ENCODED_DIR, TOKENIZER_DIR),
         # Validation decodes greedily with these evaluate keys; the rest of `evaluate` does not touch training.
         params=("model", "train", *(f"evaluate.{key}" for key in EvaluateConfig.VALIDATION_KEYS)),
         outs=(MODEL_DIR,),
@@ -237,6 +247,22 @@ def _read_lines(path: Path) -> list[str]:
         raise PreparedDataError(f"{err.filename}: prepared split not found; run the ingest stage first") from None
     # "\n" only, as written: str.splitlines would also split at U+2028 and other separators inside a text.
     return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n") if text else []
+
+
+def iter_lines(path: Path) -> Iterator[str]:
+    """A prepared file's lines one at a time, split at "\n" only, as `_read_lines` reads them (memory stays flat).
+    The file is opened here, so a missing one is an error before the first line is asked for."""
+    try:
+        handle = path.open(encoding="utf-8", newline="\n")
+    except FileNotFoundError as err:
+        raise PreparedDataError(f"{err.filename}: prepared split not found; run the ingest stage first") from None
+    return _lines(handle)
+
+
+def _lines(handle: TextIO) -> Iterator[str]:
+    with handle:
+        for line in handle:
+            yield line[:-1] if line.endswith("\n") else line
 
 
 def read_prepared(directory: Path, split: str) -> list[Pair]:

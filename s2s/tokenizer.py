@@ -7,9 +7,11 @@ on them whatever the vocabulary.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ class TokenizerError(S2SError, RuntimeError):
     pass
 
 
-def _train_one(sentences: list[str], cfg: TokenizerConfig, out: Path) -> None:
+def _train_one(sentences: Iterable[str], cfg: TokenizerConfig, out: Path) -> None:
     model = io.BytesIO()
     spm.set_random_generator_seed(cfg.seed)  # sentence sampling is random; fix it for reproducible vocabularies
     try:
@@ -59,12 +61,13 @@ def _train_one(sentences: list[str], cfg: TokenizerConfig, out: Path) -> None:
     out.write_bytes(model.getvalue())
 
 
-def train(cfg: TokenizerConfig, src: list[str], tgt: list[str], out_dir: Path, newline: str | None = None) -> None:
+def train(cfg: TokenizerConfig, src: Iterable[str], tgt: Iterable[str], out_dir: Path, newline: str | None = None) -> None:
     """Train one joint model, or one per side, into `out_dir`; `newline`: the separator the texts' line breaks were
-    joined with (layout.TEXT_FILE), which new inputs get too."""
+    joined with (layout.TEXT_FILE), which new inputs get too. The texts may be streams: SentencePiece samples
+    `tokenizer.max_sentences` of them as it reads, so memory does not grow with the corpus."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.joint:
-        _train_one(src + tgt, cfg, out_dir / "joint.model")
+        _train_one(itertools.chain(src, tgt), cfg, out_dir / "joint.model")
         meta = {"src": "joint.model", "tgt": "joint.model"}
     else:
         _train_one(src, cfg, out_dir / "src.model")
@@ -93,14 +96,15 @@ class Tokenizers:
         tgt = src if meta["tgt"] == meta["src"] else spm.SentencePieceProcessor(model_file=str(directory / meta["tgt"]))
         return cls(src=src, tgt=tgt, newline=meta.get("newline"))
 
-    def encode_src(self, sentences: list[str]) -> list[list[int]]:
+    def encode_src(self, sentences: list[str], threads: int | None = None) -> list[list[int]]:
+        """Subword ids; `threads`: SentencePiece's worker threads (None: its default)."""
         if self.newline:  # a multi-line input as the model was trained on it; prepared texts have no breaks left
             sentences = [join_lines(s, self.newline) for s in sentences]
-        ids: list[list[int]] = self.src.encode(sentences)  # sentencepiece has no type information
+        ids: list[list[int]] = self.src.encode(sentences, num_threads=threads)  # sentencepiece has no type information
         return ids
 
-    def encode_tgt(self, sentences: list[str]) -> list[list[int]]:
-        ids: list[list[int]] = self.tgt.encode(sentences)
+    def encode_tgt(self, sentences: list[str], threads: int | None = None) -> list[list[int]]:
+        ids: list[list[int]] = self.tgt.encode(sentences, num_threads=threads)
         return ids
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:

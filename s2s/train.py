@@ -24,12 +24,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+import psutil
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from s2s import allocator, checkpoint, distributed, selection
-from s2s.batching import Batch, TrainingData, bucket_indices
+from s2s import allocator, checkpoint, distributed, precision, selection
+from s2s.batching import Batch, Indices, TrainingData, bucket_indices
 from s2s.budget import Budget
 from s2s.config import EvaluateConfig, ModelConfig, TrainConfig
 from s2s.errors import Interrupted, S2SError
@@ -118,14 +120,17 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def split_batch(index: list[int], target_tokens: int, world: distributed.World, parts: int) -> list[tuple[list[int], float]]:
-    """This rank's `parts` micro-batches of the global batch `index`, each with its loss weight.
+def split_batch(
+    positions: list[int] | Indices, target_tokens: int, world: distributed.World, parts: int
+) -> list[tuple[list[int], float]]:
+    """This rank's `parts` micro-batches of the global batch at `positions`, each with its loss weight.
 
     The weight is processes / the global batch's target tokens: gradients are averaged over processes, so the
     weighted loss sums add up to the global batch's mean loss. A part left empty (fewer sentences than processes
     x parts) trains a stand-in sentence at weight 0, which keeps the ranks' gradient all-reduces in step.
     """
     weight = world.world_size / target_tokens
+    index: list[int] = np.asarray(positions).tolist()  # a batch's few dozen positions, sharded as a list
     mine = distributed.shard(index, world.rank, world.world_size)
     micro = [distributed.shard(mine, k, parts) for k in range(parts)]
     return [(part, weight) if part else (index[:1], 0.0) for part in micro]
@@ -169,13 +174,6 @@ def patience_exhausted(state: TrainState, cfg: TrainConfig) -> bool:
         log.info("no better validation %s for %d epochs: stopping early", cfg.select_metric, cfg.patience)
         return True
     return False
-
-
-def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast is a GPU feature; on CPU (oneDNN's LSTM has no bf16 kernel) training stays float32."""
-    if cfg.amp == "bf16" and device.type != "cuda":
-        log.warning("train.amp=bf16 applies to CUDA only; training in float32 on %s", device)
-    return cfg.amp == "bf16" and device.type == "cuda"
 
 
 def out_of_memory(epoch: int, step: int, batch: Batch, cfg: TrainConfig) -> TrainingError:
@@ -293,6 +291,9 @@ def summarize(trainer: Trainer) -> TrainSummary:
         tokens_per_second=round(tokens_per_second, 1), processes=processes,
         tokens_per_second_per_process=round(tokens_per_second / processes, 1), device=str(trainer.device),
         peak_memory_mb=round(peak_memory_mb(trainer.device), 1),
+        startup_seconds=round(trainer.startup_seconds, 1) if trainer.startup_seconds else None,
+        precision=trainer.precision.dtype, precision_reason=trainer.precision.reason,
+        cpu_flags=list(trainer.precision.cpu_flags),
     )  # fmt: skip
 
 
@@ -308,20 +309,21 @@ class Trainer:
         tokenizer_dir: Path,
         resume_dir: Path | None = None,
         world: distributed.World | None = None,
+        encoded: Path | None = None,
     ) -> None:
         seed_everything(cfg.seed)
         self.world = world = world or distributed.World()
         self.cfg, self.model_cfg, self.eval_cfg = cfg, model_cfg, eval_cfg
         self.device = setup_device(cfg, world)
         self.tok = Tokenizers.load(tokenizer_dir)
-        self.data = TrainingData.load(self.tok, prepared, cfg.max_tokens, cfg.long_sources == "truncate")
+        self.data = TrainingData.load(self.tok, prepared, cfg.max_tokens, cfg.long_sources == "truncate", encoded)
         self.train_data = self.data.train
         self.model = build_model(model_cfg, self.tok.src.get_piece_size(), self.tok.tgt.get_piece_size()).to(self.device)
         log.info("model: %s, %.2fM parameters, device %s", model_cfg.arch, self.model.num_parameters() / 1e6, self.device)
         if world.rank:  # the same initial weights on every rank, but each its own dropout masks
             torch.manual_seed(cfg.seed * 1000 + world.rank)
         self.state, self.budget = TrainState(), Budget(cfg.max_minutes, world)
-        self.resumed_at_update, self.stop_signal = 0, 0
+        self.resumed_at_update, self.stop_signal, self.startup_seconds = 0, 0, 0.0
         self.steps_per_epoch = self.train_data.count_batches(cfg.batch_tokens)
         self.optimizer = make_adam(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -332,9 +334,10 @@ class Trainer:
         self.valid_batches = self.data.valid.batches(cfg.batch_tokens, shuffle=False)
         self.valid_examples = self.data.valid_examples[: cfg.valid_bleu_sentences]
         self.translator = Translator(self.model, self.tok, self.device)
-        self.amp = use_bf16(cfg, self.device)
+        self.precision = precision.choose(cfg.amp, self.device, arch=model_cfg.arch)
+        log.info("precision: %s", self.precision.describe())
         self.ddp, self.forward_model = training_forward(self.model, cfg, world)
-        key = checkpoint.resume_key(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir) if resume_dir else ""
+        key = checkpoint.resume_key(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir, encoded) if resume_dir else ""
         self.resume_path: Path | None = resume_dir / f"{key}.pt" if resume_dir else None
         self.best_path: Path | None = resume_dir / f"{key}-best.pt" if resume_dir else None
         self.kept = KeptWeights(self.model, model_cfg, cfg, self.best_path)
@@ -398,7 +401,7 @@ class Trainer:
                 log_progress(epoch, cfg.epochs, step, len(batches), s, lr, time.perf_counter() - start, elapsed, fraction)
         return time.perf_counter() - start
 
-    def train_step(self, index: list[int], epoch: int, step: int) -> None:
+    def train_step(self, index: list[int] | Indices, epoch: int, step: int) -> None:
         """One update on the global batch `index` (sentence positions in the training data)."""
         cfg, s, world = self.cfg, self.state, self.world
         self.optimizer.zero_grad(set_to_none=True)
@@ -410,7 +413,7 @@ class Trainer:
             # Gradients are all-reduced after the last micro-batch only.
             sync = self.ddp.no_sync() if self.ddp is not None and k < len(micro) - 1 else contextlib.nullcontext()
             try:
-                with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision.autocast):
                     loss = batch_loss(self.forward_model, batch, self.criterion, cfg.teacher_forcing)  # type: ignore[arg-type]  # DDP/compiled wrapper of a Seq2Seq
                 (loss * weight).backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
             except torch.cuda.OutOfMemoryError:
@@ -431,6 +434,7 @@ class Trainer:
         s.loss_sum += total
         s.loss_tokens += n_tgt
         s.updates += 1
+        self.startup_seconds = self.startup_seconds or time.time() - psutil.Process().create_time()  # TrainSummary's
 
     def validate(self, epoch: int, seconds: float) -> EpochResult:
         s = self.state
@@ -455,7 +459,7 @@ class Trainer:
         scores = score(hyps, references, ("bleu", self.cfg.select_metric), cfg.rouge_multi, cfg.rouge_stemmer)
         return scores["bleu"], scores[self.cfg.select_metric]
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
+    def epoch_batches(self, epoch: int) -> list[Indices]:
         """The global batches of `epoch` (sentence positions): the same on every rank, new for every epoch."""
         return bucket_indices(self.train_data.lengths(), self.cfg.batch_tokens, shuffle=True, seed=self.cfg.seed * 1000 + epoch)
 
@@ -505,7 +509,9 @@ def train(
     summary_path: Path,
     resume_dir: Path | None = None,
     world: distributed.World | None = None,
+    encoded: Path | None = None,
 ) -> TrainSummary:
-    """Train, validate every epoch, keep the best weights; resumes a killed run from `resume_dir`."""
-    trainer = Trainer(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir, resume_dir, world)
+    """Train, validate every epoch, keep the best weights; resumes a killed run from `resume_dir`. `encoded`: the
+    encode stage's files (without them, `prepared` is tokenized at the start)."""
+    trainer = Trainer(cfg, model_cfg, eval_cfg, prepared, tokenizer_dir, resume_dir, world, encoded)
     return trainer.fit(out_dir, curve_path, summary_path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 MLFLOW_PREFIX = "epoch/"  # metric names in MLflow: epoch/train_loss, epoch/valid_score, ...
@@ -78,6 +78,10 @@ class TrainSummary:
     tokens_per_second_per_process: float
     device: str
     peak_memory_mb: float  # rank 0's
+    startup_seconds: float | None = None  # rank 0's process start to the end of its first update (None: no update ran)
+    precision: str = "float32"  # what the matmuls trained in (s2s.precision); the weights are float32 either way
+    precision_reason: str = ""
+    cpu_flags: list[str] = field(default_factory=list)  # the matmul-related flags of rank 0's CPU
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

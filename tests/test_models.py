@@ -265,7 +265,7 @@ def test_the_context_only_lstm_learns_within_a_few_hundred_steps(tmp_path: Path)
     train_pairs, valid_pairs = pairs[:4000], pairs[4000:]
     tokenizer.train(TokenizerConfig(vocab_size=500), [s for s, _ in train_pairs], [t for _, t in train_pairs], tmp_path)
     tok = Tokenizers.load(tmp_path)
-    data = ParallelData(tok.encode_src([s for s, _ in train_pairs]), tok.encode_tgt([t for _, t in train_pairs]))
+    data = ParallelData.from_lists(tok.encode_src([s for s, _ in train_pairs]), tok.encode_tgt([t for _, t in train_pairs]))
     vocab = tok.src.get_piece_size()
     model = build_model(ModelConfig(rnn=RNNConfig(decoder="sutskever", cell="lstm")), vocab, vocab)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -72,7 +72,7 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     ws = make_workspace(tmp_path / "ws", TINY_PARAMS)
 
     first = pipeline(workspace=str(ws))
-    assert first.stages_ran == {"ingest": True, "tokenizer": True, "train": True, "evaluate": True}
+    assert first.stages_ran == {"ingest": True, "tokenizer": True, "encode": True, "train": True, "evaluate": True}
     for path in (
         "data/prepared/train.src",
         "data/prepared/test.tgt",
@@ -141,7 +141,7 @@ def test_pipeline_runs_skips_and_retrains(tmp_path: Path, prefect_home: None) ->
     params = yaml.safe_load((ws / "params.yaml").read_text())
     (ws / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, {"train": {"lr": 0.004}}), sort_keys=False))
     third = pipeline(workspace=str(ws))
-    assert third.stages_ran == {"ingest": False, "tokenizer": False, "train": True, "evaluate": True}
+    assert third.stages_ran == {"ingest": False, "tokenizer": False, "encode": False, "train": True, "evaluate": True}
     versions = _versions(ws)
     assert [v["version"] for v in versions] == ["1", "2"]
     assert versions[0]["s2s.lineage"] != versions[1]["s2s.lineage"]
@@ -301,7 +301,7 @@ def test_editing_one_line_of_own_raw_data_reruns_ingest_and_everything_after(tmp
     lines[10] = lines[10].replace(".", " heute.")
     (ws / raw["tgt"]).write_text("".join(line + "\n" for line in lines))
     third = pipeline(workspace=str(ws))
-    assert third.stages_ran == {"ingest": True, "tokenizer": True, "train": True, "evaluate": True}
+    assert third.stages_ran == {"ingest": True, "tokenizer": True, "encode": True, "train": True, "evaluate": True}
     assert third.registered.created is True and third.registered.version == "2"
     tracked = yaml.safe_load((ws / f"{raw['tgt']}.dvc").read_text())["outs"][0]["md5"]
     assert tracked == hashlib.md5((ws / raw["tgt"]).read_bytes()).hexdigest()  # the edit is what DVC versioned

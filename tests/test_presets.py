@@ -51,7 +51,7 @@ def test_a_recipe_over_own_data_keeps_the_data_and_the_comments_and_names_each_c
     assert "# my params: own data, my registry name" in text and re.search(rf"\n  lr: {lr} +# my learning rate\n", text)
     merged = load_params(params)
     assert merged.ingest.files is not None and merged.ingest.files.train.tsv.path == "data/raw/train.tsv"
-    assert merged.registry.model_name == "my-translator" and merged.train.amp == "off"
+    assert merged.registry.model_name == "my-translator" and merged.train.amp == "auto"
     assert merged.model.transformer.d_model == 256 and merged.train.max_minutes == 22
     assert presets.apply(params, [presets.find("transformer-cpu")]) == []  # applied already: nothing to change
 
@@ -66,7 +66,7 @@ def test_later_preset_wins_and_a_bad_combination_leaves_params_untouched(tmp_pat
     # An own registry name stays: the gate refuses a champion of another task under it (s2s.task).
     assert merged.ingest.dataset == "multi30k" and merged.registry.model_name == "my-translator"
     assert merged.train.device == "cpu"
-    assert (merged.model.transformer.heads, merged.train.amp, merged.train.compile) == (4, "off", False)
+    assert (merged.model.transformer.heads, merged.train.amp, merged.train.compile) == (4, "auto", False)
 
     params.write_text("model:\n  transformer:\n    d_model: 264       # mine\n    heads: 8\n")
     before = params.read_text()

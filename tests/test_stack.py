@@ -194,7 +194,7 @@ def test_mlflow_server_stopped_mid_run_fails_clearly_and_the_rerun_registers_wit
 
     team.up(stack.root, ws)  # the server is back
     rerun = _s2s_run(deployed)
-    assert "stages      : ingest skipped, tokenizer skipped, train skipped, evaluate skipped" in rerun.stdout
+    assert "stages      : ingest skipped, tokenizer skipped, encode skipped, train skipped, evaluate skipped" in rerun.stdout
     new = before[-1][0] + 1
     assert f"models:/{NAME}/{new}  (new version)" in rerun.stdout
     versions = sql(stack, "mlflow", "SELECT version, source FROM model_versions ORDER BY version")

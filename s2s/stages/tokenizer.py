@@ -6,13 +6,13 @@ import argparse
 
 from s2s import tokenizer
 from s2s.config import Params
-from s2s.layout import read_newline, read_prepared
+from s2s.layout import iter_lines, prepared_file, read_newline
 from s2s.stages import stage_main
 
 
 def _run(args: argparse.Namespace, params: Params) -> None:
-    pairs = read_prepared(args.data, "train")
-    tokenizer.train(params.tokenizer, [s for s, _ in pairs], [t for _, t in pairs], args.out, read_newline(args.data))
+    src, tgt = (iter_lines(prepared_file(args.data, "train", side)) for side in ("src", "tgt"))
+    tokenizer.train(params.tokenizer, src, tgt, args.out, read_newline(args.data))
 
 
 def main() -> None:

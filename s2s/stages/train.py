@@ -35,6 +35,7 @@ def _run(args: argparse.Namespace, params: Params) -> None:
             args.summary,
             args.resume_dir,
             world,
+            encoded=args.encoded,
         )
     finally:
         distributed.shutdown()
