@@ -13,7 +13,8 @@ from s2s.config import TokenizerConfig
 from s2s.corpus import generate_pairs
 from s2s.tokenizer import BOS, EOS, PAD, Tokenizers
 
-LENGTHS = [random.Random(7).randint(1, 40) for _ in range(500)]
+_RNG = random.Random(7)
+LENGTHS = [_RNG.randint(1, 40) for _ in range(500)]  # one generator: lengths that differ, and ties among them
 
 
 def batches_of(lengths: list[int], batch_tokens: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
@@ -59,7 +60,8 @@ def test_bucket_indices_cover_each_sentence_once_within_the_token_budget(shuffle
 def test_bucket_indices_on_arrays_plan_the_batches_the_list_version_did(size: int, batch_tokens: int, seed: int) -> None:
     """Same seed, same data: the same batches, in the same order, as before positions became numpy arrays (ties in
     length included: many sentences share a length)."""
-    lengths = [random.Random(size).randint(1, 60) for _ in range(size)]
+    rng = random.Random(size)
+    lengths = [rng.randint(1, 60) for _ in range(size)]
     for shuffle in (True, False):
         assert batches_of(lengths, batch_tokens, shuffle, seed) == list_bucket_indices(lengths, batch_tokens, shuffle, seed)
 
