@@ -6,10 +6,11 @@
 For every size, a corpus is generated deterministically from Multi30k's training sentences (each pair joins two
 real sentence pairs, so lengths and vocabulary are realistic; valid and test are Multi30k's own), then every stage
 of the pipeline runs as DVC would run it (`python -m s2s.stages.NAME` in a workspace), one after another, with the
-`transformer-cpu` recipe and `train.max_minutes` cut to `--train-minutes`. Each stage's wall time and peak RSS are
-its own process's (wait4); training also reports its start-up (process start to the end of the first update) and
-tokens/s. The table ends with each column's growth exponent: the slope of log(cost) over log(pairs), least
-squares over the sizes. Writes `scale.json` and `scale.md` under `--out`.
+`transformer-cpu` recipe and `train.max_minutes` cut to `--train-minutes`. Each stage's wall time, peak RSS
+(VmHWM) and peak private memory (RssAnon) are its own process's, sampled every 50 ms; training also reports its
+start-up (process start to the end of the first update) and tokens/s. The table ends with each column's growth
+exponent: the slope of log(cost) over log(pairs), least squares over the sizes. Writes `scale.json` and
+`scale.md` under `--out`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class StageCost:
     stage: str
     seconds: float
     peak_rss_mb: float
+    # Sampled every 50 ms from /proc: the stage process's private memory (RssAnon) at its highest. Peak RSS also
+    # counts the pages of mapped files it touched (training's ids), which the kernel may drop at any time.
+    peak_anon_mb: float = 0.0
 
 
 def generate(en: list[str], de: list[str], pairs: int, seed: int, out: Path) -> None:
@@ -71,8 +75,11 @@ def run_stage(ws: Path, module: str, log_path: Path, timeout: float) -> StageCos
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", module, "--params", PARAMS_FILE], cwd=ws, stdout=log, stderr=log)
         deadline = start + timeout
+        anon = hwm = 0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            now = status_kb(proc.pid)
+            anon, hwm = max(anon, now.get("RssAnon", 0)), max(hwm, now.get("VmHWM", 0))
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() > deadline:
@@ -82,7 +89,19 @@ def run_stage(ws: Path, module: str, log_path: Path, timeout: float) -> StageCos
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"{module} exited {proc.returncode}; see {log_path}")
-    return StageCost(module.rsplit(".", 1)[-1], round(time.perf_counter() - start, 2), round(usage.ru_maxrss / 1024, 1))
+    # Peak RSS: the stage's own VmHWM as last sampled. wait4's ru_maxrss is no use here: a forked child starts with
+    # its parent's high-water mark and keeps it across exec, so every small stage reported this benchmark's own size.
+    return StageCost(module.rsplit(".", 1)[-1], round(time.perf_counter() - start, 2), round(hwm / 1024, 1),
+                     round(anon / 1024, 1))  # fmt: skip
+
+
+def status_kb(pid: int) -> dict[str, int]:
+    """A live process's /proc status sizes in kB (VmHWM, RssAnon, ...); empty once it has gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in lines) if v.strip().endswith("kB")}
 
 
 def measure(size: int, args: argparse.Namespace, en: list[str], de: list[str]) -> dict[str, Any]:
@@ -142,6 +161,8 @@ def columns(results: list[dict[str, Any]]) -> dict[str, list[float]]:
         for c in r["stages"]:
             out.setdefault(f"{c['stage']} s", []).append(c["seconds"])
             out.setdefault(f"{c['stage']} peak MB", []).append(c["peak_rss_mb"])
+            if c.get("peak_anon_mb"):
+                out.setdefault(f"{c['stage']} peak anon MB", []).append(c["peak_anon_mb"])
         out.setdefault("train start-up s", []).append(r["train_startup_seconds"])
         out.setdefault("train tok/s", []).append(r["train_tokens_per_second"])
     return out

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from s2s.config import DistributedConfig
+from s2s.machine import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,6 @@ def _die_with_parent(interval: float = 0.5) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="s2s-parent-watch", daemon=True).start()
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def init(device: str) -> World:

@@ -15,10 +15,9 @@ truncation are training's choices, applied on the lengths alone, so changing the
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
-import os
+import mmap
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -31,7 +30,9 @@ import numpy.typing as npt
 
 from s2s.errors import S2SError
 from s2s.layout import SIDES, SPLITS, iter_lines, prepared_file
+from s2s.machine import cpu_count
 from s2s.tokenizer import Tokenizers
+from s2s.word_cache import WordCache
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +78,24 @@ def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def _encode_side(tok: Tokenizers, prepared: Path, split: str, side: str, out: Path, dtype: np.dtype[Any], threads: int) -> int:
-    """Stream one side of a split through SentencePiece into its .bin/.idx pair; returns the item count."""
-    encode = tok.encode_src if side == "src" else tok.encode_tgt
-    offsets = [0]
-    with bin_file(out, split, side).open("wb") as data:
+    """Stream one side of a split through SentencePiece (a word at a time, `WordCache`) into its .bin/.idx pair;
+    returns the item count."""
+    whole = tok.encode_src if side == "src" else tok.encode_tgt
+    cache = WordCache(lambda texts: whole(texts, threads))
+    items, end = 0, 0
+    with bin_file(out, split, side).open("wb") as data, idx_file(out, split, side).open("wb") as index:
+        np.zeros(1, dtype=np.int64).tofile(index)
         for chunk in _chunks(iter_lines(prepared_file(prepared, split, side)), CHUNK):
-            ids = encode(chunk, threads)
-            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-            np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum())).tofile(data)
-            offsets.extend((offsets[-1] + np.cumsum(lengths)).tolist())
-    np.asarray(offsets, dtype=np.int64).tofile(idx_file(out, split, side))
-    return len(offsets) - 1
+            ids, lengths = cache.encode(chunk)
+            ids.astype(dtype).tofile(data)
+            (end + np.cumsum(lengths)).tofile(index)
+            items, end = items + len(chunk), end + int(lengths.sum())
+    return items
 
 
 def encode(tok: Tokenizers, prepared: Path, out_dir: Path, threads: int = 0) -> dict[str, Any]:
     """Encode every split of `prepared` into `out_dir` (replaced whole, atomically); returns what meta.json holds."""
-    threads = threads or os.cpu_count() or 1
+    threads = threads or cpu_count()
     vocab = max(tok.src.get_piece_size(), tok.tgt.get_piece_size())
     dtype = id_dtype(vocab)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -177,14 +180,21 @@ def open_split(directory: Path, split: str, verify: bool = True) -> tuple[Encode
                 raise EncodedDataError(f"{path}: contents do not match its sha256 in {META_FILE} (corrupt); "
                                        "rerun the encode stage")  # fmt: skip
         offsets = _map(idx_file(directory, split, side), np.dtype(np.int64))
-        ids = _map(bin_file(directory, split, side), dtype)
+        ids = _map(bin_file(directory, split, side), dtype, random_access=True)
         if len(offsets) != info["items"] + 1 or int(offsets[-1]) != len(ids):
             raise EncodedDataError(f"{idx_file(directory, split, side)}: offsets do not fit {bin_file(directory, split, side)}")
         sides.append(EncodedSide(ids, offsets))
     return sides[0], sides[1]
 
 
-def _map(path: Path, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-    if path.stat().st_size == 0:  # numpy cannot map an empty file
+def _map(path: Path, dtype: np.dtype[Any], random_access: bool = False) -> npt.NDArray[Any]:
+    """The file as a read-only array over a shared mapping. `random_access`: tell the kernel so (MADV_RANDOM): a
+    batch reads a few dozen rows scattered over the file, and the default read-around would fault in 128 KB
+    around each, which fills page cache and this process's resident set with rows no batch asked for."""
+    if path.stat().st_size == 0:  # an empty file cannot be mapped
         return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
+    with path.open("rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    if random_access and hasattr(mmap, "MADV_RANDOM"):
+        mapping.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mapping, dtype=dtype)  # the array holds the mapping open

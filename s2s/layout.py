@@ -13,7 +13,8 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -213,31 +214,84 @@ def _ref_side(k: int) -> str:
     return f"ref{k}"
 
 
-def write_prepared(splits: dict[str, list[Example]] | dict[str, list[Pair]], out_dir: Path, newline: str | None = None) -> None:
-    """Write every split atomically: all files or none replace the old ones. `newline`: the separator the texts'
-    line breaks were joined with (`join_lines`), recorded in TEXT_FILE."""
+@contextmanager
+def staged_dir(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder beside `out_dir` that replaces it when the block ends without an error (else is removed): all
+    files or none replace the old ones, so a failed run leaves the last good output."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
-        if newline:
-            (tmp / TEXT_FILE).write_text(json.dumps({"newline": newline}, ensure_ascii=False) + "\n", encoding="utf-8")
-        for split, items in splits.items():
-            examples = [Example.of(item) for item in items]
-            columns = {"src": [e.src for e in examples], "tgt": [e.tgt for e in examples]}
-            n_refs = {len(e.refs) for e in examples}
-            if len(n_refs) > 1:
-                raise PreparedDataError(f"{split}: items differ in their number of references ({sorted(n_refs)})")
-            for k in range(max(n_refs, default=0)):
-                columns[_ref_side(k)] = [e.refs[k] for e in examples]
-            if any(e.id for e in examples):
-                columns["id"] = [e.id for e in examples]
-            for side, lines in columns.items():
-                prepared_file(tmp, split, side).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        yield tmp
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_newline(directory: Path, newline: str | None) -> None:
+    """Record in TEXT_FILE the separator the texts' line breaks were joined with (`join_lines`), if any."""
+    if newline:
+        (directory / TEXT_FILE).write_text(json.dumps({"newline": newline}, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class PreparedWriter:
+    """One split's columns written an item at a time, in the format `prepared_file` names, so memory stays flat.
+    Columns: src, tgt, then `n_refs` references, then the id when `ids`; an id column that stayed empty is removed."""
+
+    def __init__(self, directory: Path, split: str, n_refs: int = 0, ids: bool = False) -> None:
+        self.sides = [*SIDES, *(_ref_side(k) for k in range(n_refs)), *(["id"] if ids else [])]
+        self.paths = [prepared_file(directory, split, side) for side in self.sides]
+        with ExitStack() as opened:  # all or none: a failed open closes the ones before it
+            self._handles = [opened.enter_context(path.open("w", encoding="utf-8", newline="\n")) for path in self.paths]
+            opened.pop_all()
+        self._ids = ids
+        self._any_id = False
+        self.count = 0
+
+    def write(self, texts: Sequence[str]) -> None:
+        """One item's texts in column order (see the class); none may hold a line break."""
+        for handle, text in zip(self._handles, texts, strict=True):
+            handle.write(text + "\n")
+        self._any_id = self._any_id or (self._ids and bool(texts[-1]))
+        self.count += 1
+
+    def write_many(self, rows: Sequence[Sequence[str]]) -> None:
+        """Items as `write` takes them, a column at a time (faster for many)."""
+        if not rows:
+            return
+        for k, handle in enumerate(self._handles):
+            handle.write("".join([row[k] + "\n" for row in rows]))
+        self._any_id = self._any_id or (self._ids and any(row[-1] for row in rows))
+        self.count += len(rows)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+        if self._ids and not self._any_id:
+            self.paths[-1].unlink()
+
+    def __enter__(self) -> PreparedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_prepared(splits: dict[str, list[Example]] | dict[str, list[Pair]], out_dir: Path, newline: str | None = None) -> None:
+    """Write every split atomically (`staged_dir`). `newline`: the separator the texts' line breaks were joined
+    with (`join_lines`), recorded in TEXT_FILE."""
+    with staged_dir(out_dir) as tmp:
+        write_newline(tmp, newline)
+        for split, items in splits.items():
+            examples = [Example.of(item) for item in items]
+            n_refs = {len(e.refs) for e in examples}
+            if len(n_refs) > 1:
+                raise PreparedDataError(f"{split}: items differ in their number of references ({sorted(n_refs)})")
+            ids = any(e.id for e in examples)
+            with PreparedWriter(tmp, split, max(n_refs, default=0), ids) as writer:
+                for e in examples:
+                    writer.write((e.src, e.tgt, *e.refs, e.id) if ids else (e.src, e.tgt, *e.refs))
 
 
 def _read_lines(path: Path) -> list[str]:

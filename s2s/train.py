@@ -21,8 +21,10 @@ import resource
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import psutil
@@ -30,8 +32,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from s2s import allocator, checkpoint, distributed, precision, selection
-from s2s.batching import Batch, Indices, TrainingData, bucket_indices
+from s2s import allocator, checkpoint, distributed, machine, precision, selection
+from s2s.batching import Batch, Indices, ParallelData, TrainingData, bucket_indices
 from s2s.budget import Budget
 from s2s.config import EvaluateConfig, ModelConfig, TrainConfig
 from s2s.errors import Interrupted, S2SError
@@ -136,6 +138,30 @@ def split_batch(
     return [(part, weight) if part else (index[:1], 0.0) for part in micro]
 
 
+T = TypeVar("T")
+U = TypeVar("U")
+# A global batch's target tokens, and this rank's micro-batches of it (on the CPU) with their loss weights.
+MicroBatches = tuple[int, list[tuple[Batch, float]]]
+
+
+def micro_batches(data: ParallelData, index: list[int] | Indices, world: distributed.World, parts: int) -> MicroBatches:
+    n_tgt = data.target_tokens(index)  # of the global batch: every rank knows it without communicating
+    return n_tgt, [(data.batch(part), weight) for part, weight in split_batch(index, n_tgt, world, parts)]
+
+
+def built_ahead(build: Callable[[T], U], items: Sequence[T]) -> Iterator[U]:
+    """`build(item)` for each item in order, each built in a background thread while the caller uses the one
+    before, so a batch's gather and padding can overlap the step before it (PyTorch's kernels release the GIL). On
+    2 CPU cores that is ~0.4 ms of a ~1 s step; the gain is not measured, and matters where steps are short (GPU)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="s2s-batches") as pool:
+        upcoming = pool.submit(build, items[0]) if items else None
+        for k in range(len(items)):
+            assert upcoming is not None
+            current = upcoming.result()
+            upcoming = pool.submit(build, items[k + 1]) if k + 1 < len(items) else None
+            yield current
+
+
 def make_adam(model: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
     """Adam with the kernel train.adam_kernel asks for (auto: PyTorch's choice, a per-tensor loop on CPU)."""
     kernel = {"auto": {}, "loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.adam_kernel]
@@ -150,7 +176,7 @@ def setup_device(cfg: TrainConfig, world: distributed.World) -> torch.device:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     elif world.enabled and device.type == "cpu":  # ranks on one machine share its cores, not oversubscribe them
-        torch.set_num_threads(max(1, distributed.cpu_count() // world.local_world_size))
+        torch.set_num_threads(max(1, machine.cpu_count() // world.local_world_size))
     allocator.configure(cfg.malloc, device)
     return device
 
@@ -260,7 +286,7 @@ def all_local_cores(world: distributed.World, device: torch.device, cfg: TrainCo
     """On CPU, rank 0 validates with the whole machine's threads: the other ranks only wait meanwhile."""
     threads = torch.get_num_threads()
     if world.is_main and world.enabled and device.type == "cpu" and not cfg.threads:
-        torch.set_num_threads(distributed.cpu_count())
+        torch.set_num_threads(machine.cpu_count())
     try:
         yield
     finally:
@@ -380,8 +406,9 @@ class Trainer:
         batches = self.epoch_batches(epoch)
         report_every = max(1, len(batches) // 5)
         start = time.perf_counter() - s.epoch_seconds
-        for step in range(s.step + 1, len(batches) + 1):
-            self.train_step(batches[step - 1], epoch, step)
+        build = functools.partial(micro_batches, self.train_data, world=self.world, parts=cfg.accumulate)
+        for step, built in zip(range(s.step + 1, len(batches) + 1), built_ahead(build, batches[s.step :]), strict=True):
+            self.train_step(batches[step - 1], epoch, step, built)
             s.step = step
             for warning in self.budget.probe_update(s.updates, cfg.warmup_steps, self.steps_per_epoch):
                 log.warning(warning)
@@ -401,15 +428,14 @@ class Trainer:
                 log_progress(epoch, cfg.epochs, step, len(batches), s, lr, time.perf_counter() - start, elapsed, fraction)
         return time.perf_counter() - start
 
-    def train_step(self, index: list[int] | Indices, epoch: int, step: int) -> None:
-        """One update on the global batch `index` (sentence positions in the training data)."""
+    def train_step(self, index: list[int] | Indices, epoch: int, step: int, built: MicroBatches | None = None) -> None:
+        """One update on the global batch `index` (sentence positions); `built`: its `micro_batches`, if built ahead."""
         cfg, s, world = self.cfg, self.state, self.world
         self.optimizer.zero_grad(set_to_none=True)
-        n_tgt = self.train_data.target_tokens(index)  # of the global batch: every rank knows it without communicating
-        micro = split_batch(index, n_tgt, world, cfg.accumulate)
+        n_tgt, micro = built or micro_batches(self.train_data, index, world, cfg.accumulate)
         loss_sum = torch.zeros((), device=self.device)
-        for k, (part, weight) in enumerate(micro):
-            batch = self.train_data.batch(part).to(self.device)
+        for k, (cpu_batch, weight) in enumerate(micro):
+            batch = cpu_batch.to(self.device)
             # Gradients are all-reduced after the last micro-batch only.
             sync = self.ddp.no_sync() if self.ddp is not None and k < len(micro) - 1 else contextlib.nullcontext()
             try:

@@ -24,12 +24,14 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--encoded", type=Path, default=None, help="the encode stage's files, to train from them")
     args = parser.parse_args()
     params = load_params(args.params)
     world = distributed.init(params.train.device)
     try:
         if args.mode == "steps":
-            trainer = train.Trainer(params.train, params.model, params.evaluate, args.data, args.tokenizer, world=world)
+            trainer = train.Trainer(params.train, params.model, params.evaluate, args.data, args.tokenizer, world=world,
+                                    encoded=args.encoded)  # fmt: skip
             trainer.model.train()
             batches = trainer.epoch_batches(1)
             assert len(batches) >= args.steps, f"only {len(batches)} batches in an epoch"

@@ -20,9 +20,10 @@ import torch
 import yaml
 from support import REPO, TINY_PARAMS, deep_merge, free_port, make_workspace
 
-from s2s import checkpoint, distributed, ingest, layout, tokenizer
+from s2s import checkpoint, distributed, encoded, ingest, layout, tokenizer
 from s2s.checkpoint import resume_key
 from s2s.config import ConfigError, DistributedConfig, parse_params
+from s2s.tokenizer import Tokenizers
 from s2s.train import Trainer, split_batch
 from s2s.train_records import TrainSummary
 from s2s.translate import Translator
@@ -42,6 +43,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ingest.run(params.ingest, root, root / "data", root / "ingest.json")
     pairs = layout.read_prepared(root / "data", "train")
     tokenizer.train(params.tokenizer, [s for s, _ in pairs], [t for _, t in pairs], root / "tok")
+    encoded.encode(Tokenizers.load(root / "tok"), root / "data", root / "encoded")
     write_params(root / "params.yaml", PARAMS)
     return root
 
@@ -102,6 +104,19 @@ def test_two_processes_make_the_update_of_one_on_the_same_global_batches(prepare
     # order, and 20 Adam steps enlarge that rounding (1.2e-4 on an Intel Xeon, under 1e-4 on AMD EPYC), still a
     # twentieth of the 1e-2 the updates must move the weights (asserted above).
     assert max_difference(state(root / "acc/rank0.pt"), one) < 5e-4
+
+
+def test_two_processes_reading_the_encoded_files_make_the_update_of_one(prepared: Path) -> None:
+    """Each rank maps the same encode-stage files and takes its shard of every global batch (planned from the
+    lengths alone): the update of one process that tokenized the corpus in memory."""
+    root = prepared
+    command = [*torchrun(DistributedConfig(nproc_per_node=2)), *worker(root, "steps", "two-encoded"),
+               "--encoded", str(root / "encoded")]  # fmt: skip
+    launched = subprocess.run(command, capture_output=True, text=True, env=env(), timeout=600)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    one, rank0, rank1 = state(one_process(root)), state(root / "two-encoded/rank0.pt"), state(root / "two-encoded/rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert max_difference(rank0, one) < 1e-4
 
 
 def test_two_machines_meet_at_the_rendezvous_endpoint(prepared: Path) -> None:

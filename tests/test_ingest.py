@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from s2s.config import CleanConfig, ConfigError, IngestConfig, parse_params
-from s2s.ingest import IngestError, build_splits, run
+from s2s.ingest import IngestError, build_splits, run, stream_splits
 from s2s.layout import Example, read_examples, read_prepared, write_prepared
 
 
@@ -303,3 +303,76 @@ def test_documents_need_their_fields_named() -> None:
         parse_params({"ingest": {"corpus": "files", "files": {"train": {"jsonl": "data/raw/a.jsonl"}}}})
     with pytest.raises(ConfigError, match=r"ingest\.files\.train: .*give exactly one layout"):
         parse_params({"ingest": {"corpus": "files", "files": {"train": {"jsonl": "a.jsonl", "tsv": "a.tsv"}, "fields": FIELDS}}})
+
+
+def test_worker_processes_give_the_files_and_counts_of_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from s2s import ingest
+
+    # Small batches, so that 1,500 items make six batches and the pool really runs (it starts at the second batch).
+    monkeypatch.setattr(ingest, "BATCH", 256)
+    src = [*good(1200), *good(300)]  # the last 300 repeat earlier pairs: duplicates found across batches
+    train = write_pair(tmp_path, "train", [*src[:700], b"bad \xff", *src[700:]], [*src[:700], b"x", *src[700:]])
+    cfg = files_config(train, holdout={"valid": 40, "test": 30})
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        out.mkdir()
+        stats = ingest.stream_splits(cfg, tmp_path, tmp_path / "dl", out, workers=workers)
+        outs[workers] = ({p.name: p.read_bytes() for p in out.iterdir()}, {k: v.to_dict() for k, v in stats.items()})
+    assert outs[1] == outs[2]
+    files, stats = outs[2]
+    assert sorted(files) == [f"{split}.{side}" for split in ("test", "train", "valid") for side in ("src", "tgt")]
+    assert stats["train"]["dropped"] == {"duplicate": 300, "invalid_utf8": 1, "leak": 0}
+    assert stats["train"]["kept"] == 1200 - 70 and stats["train"]["moved"] == {"test": 30, "valid": 40}
+    # Examples in read order, the corpus-wide rule's (duplicates) merged with the per-item rules' (line 701).
+    lines = [int(e.split(" / ")[0].rsplit(":", 1)[1]) for e in stats["train"]["examples"]]
+    assert lines == [701, *range(1202, 1221)]
+    assert stats["train"]["examples"][0].endswith(": invalid_utf8")
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 1 << 22])
+def test_lines_split_alike_whatever_the_read_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    from s2s import ingest
+
+    monkeypatch.setattr(ingest, "READ_BLOCK", block)  # a "\r\n" split between two reads included
+    path = tmp_path / "lines.txt"
+    path.write_bytes(b"a\r\nbb\n\r\nccc\rd\r\n\nlast\r")
+    assert list(ingest.raw_lines(path)) == [b"a", b"bb", b"", b"ccc\rd", b"", b"last"]
+    assert list(ingest.raw_lines(path, universal=True)) == [b"a\r\n", b"bb\n", b"\r\n", b"ccc\r", b"d\r\n", b"\n", b"last\r"]
+
+
+def test_csv_with_old_mac_line_ends(tmp_path: Path) -> None:
+    rows = ["id,body,subject", *(f"{i},body number {i} here,subject {i}" for i in range(12))]
+    (tmp_path / "train.csv").write_bytes("\r".join(rows).encode() + b"\r")
+    files = {"train": {"csv": str(tmp_path / "train.csv")}, "fields": {"source": "body", "target": "subject", "id": "id"}}
+    cfg = parse_params({"ingest": {"corpus": "files", "holdout": {"valid": 2, "test": 2}, "files": files}}).ingest
+    splits, stats = build_splits(cfg, tmp_path, tmp_path / "dl")
+    assert stats["train"].read == 12
+    assert sorted(int(e.id) for split in splits.values() for e in split) == list(range(12))
+
+
+def test_given_text_splits_beside_document_training_data(tmp_path: Path) -> None:
+    """Valid and test as line-aligned files while train is JSON Lines with references and ids: no columns invented."""
+    valid = write_pair(tmp_path, "valid", good(3, "v"), good(3, "vt"))
+    test = write_pair(tmp_path, "test", good(3, "x"), good(3, "xt"))
+    files = {"train": {"jsonl": write_jsonl(tmp_path / "train.jsonl", emails(20, "t", refs=False))},
+             "valid": valid, "test": test, "fields": FIELDS}  # fmt: skip
+    cfg = parse_params({"ingest": {"corpus": "files", "clean": {"max_ratio": None}, "files": files}}).ingest
+    (tmp_path / "prepared").mkdir()
+    stream_splits(cfg, tmp_path, tmp_path / "dl", tmp_path / "prepared")
+    names = sorted(p.name for p in (tmp_path / "prepared").iterdir())
+    assert names == ["test.src", "test.tgt", "train.id", "train.src", "train.tgt", "valid.src", "valid.tgt"]
+
+
+def test_an_id_column_is_kept_only_in_the_splits_whose_items_have_ids(tmp_path: Path) -> None:
+    records = emails(30, "t", refs=False)
+    for record in records[1:]:
+        record["id"] = " "  # blank: no id
+    files = {"train": {"jsonl": write_jsonl(tmp_path / "train.jsonl", records)}, "fields": FIELDS}
+    ingest = {"corpus": "files", "holdout": {"valid": 3, "test": 3}, "clean": {"max_ratio": None}, "files": files}
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    stream_splits(parse_params({"ingest": ingest}).ingest, tmp_path, tmp_path / "dl", prepared)
+    with_id = [split for split in ("train", "valid", "test") if any(e.id for e in read_examples(prepared, split))]
+    assert [split for split in ("train", "valid", "test") if (prepared / f"{split}.id").is_file()] == with_id
+    assert "train" in with_id or "valid" in with_id or "test" in with_id

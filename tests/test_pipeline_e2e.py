@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import TINY_PARAMS, deep_merge, make_workspace, mlflow_uris, run
+from support import TINY_PARAMS, TINY_TRANSFORMER, deep_merge, make_workspace, mlflow_uris, run
 
 from s2s import checkpoint, layout
 from s2s.metrics import METRIC_NAMES
@@ -409,10 +409,7 @@ def test_promote_export_registers_the_new_transformer_champion_for_ctranslate2(t
     from flows.pipeline import pipeline
     from s2s.summary import sample_rows
 
-    transformer = {"arch": "transformer", "transformer": {"d_model": 64, "heads": 4, "encoder_layers": 2,
-                                                          "decoder_layers": 2, "ff": 128, "dropout": 0.0}}  # fmt: skip
-    params = deep_merge(TINY_PARAMS, {"model": transformer, "train": {"lr": 0.003, "warmup_steps": 20, "epochs": 3},
-                                      "promote": {"export": "int8"}, "remote": {"push": False}})  # fmt: skip
+    params = deep_merge(deep_merge(TINY_PARAMS, TINY_TRANSFORMER), {"promote": {"export": "int8"}, "remote": {"push": False}})
     ws = make_workspace(tmp_path / "ws", params)
     result = pipeline(workspace=str(ws))
     assert result.gate.decision == "promoted", result.gate.reason

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import MULTI30K, REPO, TINY_PARAMS, deep_merge
+from support import MULTI30K, REPO, TINY_PARAMS, TINY_TRANSFORMER, deep_merge
 
 from s2s.layout import PARAMS_FILE
 from s2s.workspace import GIT, run
@@ -190,10 +190,7 @@ def test_quick_start_serving_and_own_data_blocks_run_as_written(tmp_path: Path) 
 
 def test_export_section_blocks_run_as_written_on_a_transformer_champion(tmp_path: Path) -> None:
     ws, env = fresh_copy(tmp_path / "s2s"), environment(tmp_path)
-    transformer = {"arch": "transformer", "transformer": {"d_model": 64, "heads": 4, "encoder_layers": 2,
-                                                          "decoder_layers": 2, "ff": 128, "dropout": 0.0}}  # fmt: skip
-    train = {"lr": 0.003, "warmup_steps": 20, "epochs": 3}  # tests/test_pipeline_e2e.py's: above the gate's floor
-    tiny = deep_merge(TINY_PARAMS, {"model": transformer, "train": train, "remote": {"push": False}})
+    tiny = deep_merge(deep_merge(TINY_PARAMS, TINY_TRANSFORMER), {"remote": {"push": False}})
     params = deep_merge(yaml.safe_load((ws / PARAMS_FILE).read_text()), tiny)
     (ws / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False))
     trained = run_block(".venv/bin/s2s run", ws, env, timeout=900)

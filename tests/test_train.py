@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from s2s import checkpoint, encoded, ingest, tokenizer
 from s2s.config import parse_params
 from s2s.layout import read_prepared
 from s2s.tokenizer import Tokenizers
-from s2s.train import Trainer, TrainingError, lr_factor
+from s2s.train import Trainer, TrainingError, built_ahead, lr_factor
 
 pytestmark = pytest.mark.slow
 PARAMS = deep_merge(TINY_PARAMS, {"train": {"epochs": 2, "checkpoint_every": 3, "batch_tokens": 600}})
@@ -228,3 +229,25 @@ def test_selecting_on_exact_match_scores_the_validation_outputs(
     summary = trainer.fit(out / "model", out / "curve.csv", out / "train.json")
     assert (summary.select_metric, summary.kept_epoch) == ("exact_match", 2)
     assert summary.best_valid_score == round(100 * (3 * len(valid) // 10) / len(valid), 2)
+
+
+def test_batches_are_built_one_step_ahead_in_a_background_thread() -> None:
+    events: list[tuple[str, int, str]] = []
+
+    def build(item: int) -> int:
+        events.append(("build", item, threading.current_thread().name))
+        return item * 10
+
+    used = []
+    for value in built_ahead(build, [1, 2, 3, 4]):
+        events.append(("use", value // 10, threading.current_thread().name))
+        used.append(value)
+    assert used == [10, 20, 30, 40]
+    builds = [(item, thread) for kind, item, thread in events if kind == "build"]
+    assert [item for item, _ in builds] == [1, 2, 3, 4]
+    assert all(thread.startswith("s2s-batches") for _, thread in builds)
+    # Never more than one ahead: while item k is in use, nothing past k + 1 has been built.
+    for position, (kind, item, _) in enumerate(events):
+        if kind == "use":
+            assert max(i for k, i, _ in events[:position] if k == "build") <= item + 1
+    assert list(built_ahead(build, [])) == []
