@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 # C0/C1 control characters except tab; NUL included. Tabs are allowed only inside
 # sentences read from two-file corpora (a TSV line's tab is its column separator).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# A run of line breaks (with the blanks around them) in a document; U+2028/2029 and NEL are line breaks too.
 # The clean rule a drop reason comes from: the key to change when ingest keeps too little.
 REASON_KEYS = {
     "too_long": "ingest.clean.max_words", "length_ratio": "ingest.clean.max_ratio", "duplicate": "ingest.clean.dedup",
@@ -494,11 +493,12 @@ def route(
     dest = np.memmap(candidates.directory / "dest.u1", dtype=np.uint8, mode="w+", shape=(max(n, 1),))[:n]
     if cfg.clean.dedup:
         first = first_occurrences(candidates.pair_hashes, candidates.directory)
+        duplicates = 0
         for part in chunks(n):
             dest[part] = np.where(first[part], TRAIN, DUPLICATE)
-        duplicates = sum(np.count_nonzero(dest[part] == DUPLICATE) for part in chunks(n))
+            duplicates += len(first[part]) - int(np.count_nonzero(first[part]))
         if duplicates:
-            stats.dropped["duplicate"] += int(duplicates)
+            stats.dropped["duplicate"] += duplicates
     remaining = n - stats.dropped["duplicate"]
     sizes = [getattr(cfg.holdout, split) for split in carve]
     for split, size in zip(carve, sizes, strict=True):
@@ -513,10 +513,12 @@ def route(
     dest[positions] = codes
     if cfg.clean.drop_leaks:
         leaks = np.unique(np.concatenate([held_out_sources, candidates.src_hashes[positions]]))
+        stats.dropped["leak"] += 0  # counted even when none: drop_leaks was on
         for part in chunks(n):
             block = dest[part]
-            block[(block == TRAIN) & np.isin(candidates.src_hashes[part], leaks)] = LEAK
-        stats.dropped["leak"] += int(sum(np.count_nonzero(dest[part] == LEAK) for part in chunks(n)))
+            leaked = (block == TRAIN) & np.isin(candidates.src_hashes[part], leaks)
+            block[leaked] = LEAK
+            stats.dropped["leak"] += int(np.count_nonzero(leaked))
     return dest
 
 
