@@ -7,6 +7,7 @@
     .venv/bin/python benchmarks/multi30k.py --gpu                    # the GPU recipe (bf16, torch.compile)
     .venv/bin/python benchmarks/multi30k.py --gpu --nproc 8          # the same recipe on 8 processes (torchrun, DDP)
     .venv/bin/python benchmarks/multi30k.py --data /path/to/multi30k # another copy of the raw task-1 files
+    .venv/bin/python benchmarks/multi30k.py --workspace WS           # measure a trained workspace (a sweep trial's)
 
 Runs the real DVC stages (ingest, tokenizer, train, evaluate) in a scratch
 workspace, then decodes test_2016_flickr greedy and with beam 5 (batched),
@@ -52,6 +53,7 @@ from s2s.workspace import deep_merge, make_workspace  # noqa: E402
 # The recipes are the presets users run (`s2s run --preset transformer-cpu`): one copy of each. ARCHS, in the
 # order of the table: the classic family from the context vector alone to the Transformer, each a CPU recipe.
 ARCHS = ("sutskever-lstm", "context-gru", "cho-gru", "bahdanau-gru", "luong-lstm", "transformer-cpu")
+AMX_RECIPE = "transformer-cpu-amx"  # transformer-cpu for a CPU with bf16 units: --arch only (--table runs on any CPU)
 GPU_RECIPE = "transformer-gpu"
 
 
@@ -111,10 +113,14 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def decode(translator: Translator, sources: list[str], refs: list[str], beam: int, batch: int) -> dict[str, Any]:
+def decode(
+    translator: Translator, sources: list[str], refs: list[str], beam: int, batch: int, bf16: bool = False
+) -> dict[str, Any]:
+    """Decodes and scores `sources`; `bf16` under bf16 autocast (what training on a bf16 CPU runs in)."""
     cfg = EvaluateConfig(beam_size=beam, batch_size=batch)
     start = time.perf_counter()
-    _, hyps = translator.hypotheses(sources, cfg)
+    with torch.autocast(translator.device.type, dtype=torch.bfloat16, enabled=bf16):
+        _, hyps = translator.hypotheses(sources, cfg)
     seconds = time.perf_counter() - start
     texts = translator.tok.decode_tgt([h.tokens for h in hyps])
     tokens = sum(len(h.tokens) + 1 for h in hyps)
@@ -127,13 +133,25 @@ def decode(translator: Translator, sources: list[str], refs: list[str], beam: in
     }
 
 
+def bf16_decoding(
+    translator: Translator, sources: list[str], refs: list[str], greedy: dict[str, Any], beam: dict[str, Any]
+) -> dict[str, Any]:
+    """Greedy and beam 5 again under bf16 autocast: their scores, speed and the share of outputs equal to float32's."""
+    result = {}
+    for name, size, batch, fp32 in (("greedy", 1, 128, greedy), ("beam5", 5, 64, beam)):
+        run_bf16 = decode(translator, sources, refs, beam=size, batch=batch, bf16=True)
+        same = sum(a == b for a, b in zip(run_bf16.pop("texts"), fp32["texts"], strict=True)) / len(sources)
+        result[name] = {**run_bf16, "same_as_float32": round(same, 4)}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--cpu-budget", type=float, default=None, help="minutes of CPU training (default: the recipe's)")
     mode.add_argument("--gpu", action="store_true", help="the GPU recipe, 20 minutes of training")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--arch", choices=ARCHS, default="transformer-cpu", help="the CPU recipe (a preset) to run")
+    which.add_argument("--arch", choices=(*ARCHS, AMX_RECIPE), default="transformer-cpu", help="the CPU recipe (a preset) to run")
     which.add_argument("--table", action="store_true", help="run every --arch in turn, then print the table of all")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/multi30k", help="folder of the raw files")
     parser.add_argument("--out", type=Path, default=Path("/tmp/s2s-multi30k"), help="workspace and results folder")
@@ -141,6 +159,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="decode only the first N test sentences (a quick check; 0: all)")
     parser.add_argument("--nproc", type=int, default=1, help="training processes (torchrun; batch_tokens stays the global batch)")
     parser.add_argument("--no-decode", action="store_true", help="train and report training figures only (throughput runs)")
+    parser.add_argument("--workspace", type=Path, help="measure this trained workspace (a sweep trial's) instead of training")
     args = parser.parse_args()
     if args.table:
         results = [run(args, arch) for arch in ARCHS]
@@ -190,11 +209,17 @@ def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
     if args.cpu_budget is not None and not args.gpu:
         name = f"{name}-{args.cpu_budget:g}min"
     ws = args.out / f"ws-{name}"
-    if not ws.exists():
-        make_workspace(ws, params)
-    start = time.perf_counter()
-    subprocess.run(dvc.command("repro"), cwd=ws, env=dvc.env(), check=True)
-    pipeline_seconds = time.perf_counter() - start
+    pipeline_seconds = None
+    if args.workspace is not None:  # trained already (a sweep trial's workspace): measured as it is
+        ws, name = args.workspace, f"{recipe}-{args.workspace.name}"
+        params = yaml.safe_load((ws / "params.yaml").read_text())
+        budget = params["train"]["max_minutes"]
+    else:
+        if not ws.exists():
+            make_workspace(ws, params)
+        start = time.perf_counter()
+        subprocess.run(dvc.command("repro"), cwd=ws, env=dvc.env(), check=True)
+        pipeline_seconds = round(time.perf_counter() - start, 1)
 
     train = json.loads((ws / TRAIN_SUMMARY).read_text())
     with (ws / TRAIN_CURVE).open() as handle:
@@ -204,7 +229,7 @@ def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
           f"best valid BLEU {train['best_valid_bleu']}")  # fmt: skip
     if args.no_decode:
         args.out.mkdir(parents=True, exist_ok=True)
-        summary = {"command": " ".join(sys.argv), "train": train, "pipeline_seconds": round(pipeline_seconds, 1)}
+        summary = {"command": " ".join(sys.argv), "train": train, "pipeline_seconds": pipeline_seconds}
         (args.out / f"results-{name}-train.json").write_text(json.dumps(summary, indent=2) + "\n")
         return None
     device = torch.device(train["device"])
@@ -222,6 +247,7 @@ def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
     greedy_single = decode(translator, sources[:n], refs[:n], beam=1, batch=1)  # what an interactive user waits for
     peaks = matmul_peaks(device)
     trained_in = train.get("precision", "float32")
+    bf16 = bf16_decoding(translator, sources, refs, greedy, beam) if trained_in == "bfloat16" else None
     peak, best = peaks[trained_in], max(peaks.values())
     params_count = train["parameters"]
     flops_per_token = train_flops_per_token(translator, ws, params["train"]["batch_tokens"], params["train"]["label_smoothing"])
@@ -235,7 +261,8 @@ def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
         "train_budget_minutes": budget,
         "train": train,
         "train_curve": curve,
-        "pipeline_seconds": round(pipeline_seconds, 1),
+        "pipeline_seconds": pipeline_seconds,
+        "workspace": str(ws),
         "test_sentences": len(sources),
         "test_2016_flickr": {
             "greedy": {k: v for k, v in greedy.items() if k != "texts"},
@@ -251,6 +278,7 @@ def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
             "sentences_per_second": greedy_single["sentences_per_second"],
             "milliseconds_per_sentence": round(1000 * greedy_single["seconds"] / n, 1),
         },
+        "bf16_decoding": bf16,
         "cpu_flags": train.get("cpu_flags", []),
         "train_precision": trained_in,
         "matmul_gflops_by_precision": peaks,
@@ -279,6 +307,10 @@ def run(args: argparse.Namespace, recipe: str) -> dict[str, Any] | None:
         f"{results['train_fraction_of_best_matmul']:.0%} of its best ({best:.0f}); CPU flags: {' '.join(results['cpu_flags'])}"
     )
     print("  matmul peaks: " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peaks.items()))
+    if bf16 is not None:
+        for label, r in (("greedy", bf16["greedy"]), ("beam 5", bf16["beam5"])):
+            print(f"  {label:7s} in bf16: BLEU {r['metrics']['bleu']}  {r['sentences_per_second']} sent/s, "
+                  f"{r['same_as_float32']:.1%} of outputs the same as float32's")  # fmt: skip
     bb = results["beam5_batched_vs_one_at_a_time"]
     print(f"  beam 5 batched vs one at a time: {bb['speedup']}x, identical output: {bb['identical_output']}")
     print(f"  greedy, one sentence at a time: {results['greedy_one_at_a_time']['sentences_per_second']} sent/s")

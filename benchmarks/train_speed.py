@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from multi30k import cpu_name, matmul_gflops, train_flops_per_token  # noqa: E402
+from multi30k import cpu_name, matmul_peaks, train_flops_per_token  # noqa: E402
 
 from s2s import presets  # noqa: E402
 from s2s.config import parse_params  # noqa: E402
@@ -55,6 +55,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     "batch_tokens 6000 + adam fused": ({"batch_tokens": 6000, "adam_kernel": "fused"}, {}),
     "adam fused + malloc keep (the recipe)": ({"adam_kernel": "fused", "malloc": "keep"}, {}),
     "adam fused + mmap threshold 32 MB, no trim (env)": ({"adam_kernel": "fused"}, MMAP_32MB),
+    # Precision: the recipe's settings forced to float32 and to bf16 autocast (train.amp; s2s.precision).
+    "the recipe in float32 (amp off)": ({"adam_kernel": "fused", "malloc": "keep", "amp": "off"}, {}),
+    "the recipe in bf16 (amp bf16)": ({"adam_kernel": "fused", "malloc": "keep", "amp": "bf16"}, {}),
 }
 
 
@@ -86,6 +89,7 @@ def measure(workspace: Path, recipe: str, train: dict[str, Any], warmup: int, st
         "seconds": seconds,
         "flops_per_token": flops,
         "threads": torch.get_num_threads(),
+        "precision": trainer.precision.dtype,
         "kernel_share": (after.ru_stime - before.ru_stime) / cpu,  # CPU time in the kernel: page faults, mostly
         "page_faults_per_update": (after.ru_minflt - before.ru_minflt) / steps,
     }
@@ -106,7 +110,7 @@ def main() -> None:
         return
     if not (args.workspace / PARAMS_FILE).is_file():
         parser.error(f"{args.workspace} is not a workspace (no {PARAMS_FILE})")
-    peak_before = matmul_gflops(torch.device("cpu"))
+    peaks_before = matmul_peaks(torch.device("cpu"))
     rows = []
     for name, (train, env) in VARIANTS.items():
         if not re.search(args.only, name):
@@ -120,17 +124,23 @@ def main() -> None:
         result = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append({"variant": name, "train": train, "env": env, **result})
         print(f"{name:34s} {result['tokens_per_second']:8,.0f} tok/s", flush=True)
-    peak = min(peak_before, matmul_gflops(torch.device("cpu")))
+    peaks_after = matmul_peaks(torch.device("cpu"))
+    peaks = {name: min(value, peaks_after[name]) for name, value in peaks_before.items()}
     reference = rows[0]["tokens_per_second"] if rows else 1.0
-    print(f"\n{cpu_name()}, {torch.get_num_threads()} threads, matmul peak {peak:.0f} GFLOP/s (lower of before/after)")
-    print("| variant | tokens/s | vs first | share of matmul peak | kernel share of CPU time | page faults per update |")
-    print("|---|---|---|---|---|---|")
+    listed = ", ".join(f"{name} {value:.0f}" for name, value in peaks.items())
+    print(f"\n{cpu_name()}, {torch.get_num_threads()} threads, matmul peaks GFLOP/s (lower of before/after): {listed}")
+    print(
+        "| variant | precision | tokens/s | vs first | share of its precision's matmul peak | kernel share of CPU time "
+        "| page faults per update |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
-        row["fraction_of_matmul"] = row["flops_per_token"] * row["tokens_per_second"] / 1e9 / peak
+        row["fraction_of_matmul"] = row["flops_per_token"] * row["tokens_per_second"] / 1e9 / peaks[row["precision"]]
         change = row["tokens_per_second"] / reference - 1
-        print(f"| {row['variant']} | {row['tokens_per_second']:,.0f} | {change:+.0%} | {row['fraction_of_matmul']:.0%} "
+        print(f"| {row['variant']} | {row['precision']} | {row['tokens_per_second']:,.0f} | {change:+.0%} "
+              f"| {row['fraction_of_matmul']:.0%} "
               f"| {row['kernel_share']:.0%} | {row['page_faults_per_update']:,.0f} |")  # fmt: skip
-    args.out.write_text(json.dumps({"cpu": cpu_name(), "matmul_gflops": peak, "recipe": args.recipe, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"cpu": cpu_name(), "matmul_gflops": peaks, "recipe": args.recipe, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,14 +33,20 @@ def _run(args: argparse.Namespace) -> int:
         return refused
     workspace = Path(args.workspace).resolve()
     if args.preset:
-        from s2s import presets
+        from s2s import machine, presets
 
         try:
-            chosen = [presets.find(name) for name in args.preset]  # every one validated before params.yaml changes
+            chosen = [presets.for_this_machine(name) for name in args.preset]  # each validated before params.yaml changes
             changed = presets.apply(workspace / PARAMS_FILE, chosen)
         except presets.PresetError as err:
             print(f"s2s: {err}", file=sys.stderr)
             return 2
+        for preset in chosen:
+            if preset.instead_of:
+                units = " and ".join(machine.bf16_units())
+                print(f"s2s: preset {preset.instead_of} -> {preset.name}: this CPU has {units}, and {preset.name} is "
+                      f"{preset.instead_of} tuned for bf16 (--preset {presets.PRESETS_DIR / preset.instead_of}.yaml takes "
+                      "the other)")  # fmt: skip
         names = " + ".join(p.name for p in chosen)
         if changed:
             print(f"s2s: {PARAMS_FILE} <- preset {names}: {len(changed)} value(s) changed (git diff shows them):")

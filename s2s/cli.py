@@ -29,7 +29,9 @@ def _presets(args: argparse.Namespace) -> int:
         print(f"{preset.name + (' *' if preset.name in start else ''):<{width}}  {preset.summary}  [{sections}]")
     picks = "; ".join(f"{name} on {machine}" for name, machine in start.items())
     print(f"\n* new here? start with {picks}: the best measured there. The recurrent recipes are the papers' own models "
-          "(lower scores). A dataset (multi30k) combines with a recipe: --preset multi30k --preset transformer-cpu.")  # fmt: skip
+          "(lower scores). A dataset (multi30k) combines with a recipe: --preset multi30k --preset transformer-cpu. "
+          f"On a CPU with bf16 matrix units (AMX, AVX-512 BF16) --preset NAME takes NAME{presets.BF16_VARIANT} "
+          "where there is one.")  # fmt: skip
     return 0
 
 

@@ -217,8 +217,11 @@ class CT2Translator:
         self.suppress = [[tokenizers.tgt.id_to_piece(PAD)], [tokenizers.tgt.id_to_piece(BOS)]]
 
     @classmethod
-    def load(cls, model_dir: Path, tokenizer_dir: Path, device: str = "auto", threads: int = 0) -> CT2Translator:
-        """`threads` 0: as many as PyTorch uses (all cores unless OMP_NUM_THREADS or torch says otherwise)."""
+    def load(
+        cls, model_dir: Path, tokenizer_dir: Path, device: str = "auto", threads: int = 0, compute_type: str = "default"
+    ) -> CT2Translator:
+        """`threads` 0: as many as PyTorch uses (all cores unless OMP_NUM_THREADS or torch says otherwise);
+        `compute_type` CTranslate2's (default: the folder's quantization)."""
         ct2 = _require_ctranslate2()
         if device == "auto":
             device = "cuda" if ct2.get_cuda_device_count() > 0 else "cpu"
@@ -227,7 +230,7 @@ class CT2Translator:
         if device == "cpu" and quantization in GPU_ONLY:
             log.warning("%s weights on a CPU: CTranslate2 computes in a CPU type instead", quantization)
         translator = ct2.Translator(
-            str(model_dir), device=device, compute_type="default", inter_threads=1,
+            str(model_dir), device=device, compute_type=compute_type, inter_threads=1,
             intra_threads=threads or torch.get_num_threads(),
         )  # fmt: skip
         return cls(translator, Tokenizers.load(tokenizer_dir), quantization, meta.get("max_positions"),

@@ -10,33 +10,20 @@ loads and decodes the same on any machine.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from s2s.config import AmpMode
+from s2s.machine import BF16_CPU_FLAGS, bf16_units, cpu_flags
 
 log = logging.getLogger(__name__)
 
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of native bf16 matrix units
 # Reported beside a choice: what the CPU offers for matmuls in each precision.
 MATMUL_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
                     "amx_bf16", "amx_int8", "amx_fp16")  # fmt: skip
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is not there)."""
-    path = Path("/proc/cpuinfo")
-    text = path.read_text() if path.is_file() else ""
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 @dataclass(frozen=True)
@@ -60,7 +47,7 @@ def choose(amp: AmpMode, device: torch.device, flags: frozenset[str] | None = No
     elsewhere."""
     flags = cpu_flags() if flags is None else flags
     present = tuple(f for f in MATMUL_CPU_FLAGS if f in flags)
-    units = [f for f in BF16_CPU_FLAGS if f in flags]
+    units = bf16_units(flags)
     if amp == "off":
         return Precision("float32", "train.amp=off", present)
     if device.type == "cuda":

@@ -9,20 +9,23 @@ and names every value it changed.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ruamel.yaml import YAML
 
-from s2s import dotted
+from s2s import dotted, machine
 from s2s.config import ConfigError, parse_params
 from s2s.errors import S2SError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 # The recipe a newcomer should take on each kind of machine: the best measured there (BENCHMARKS.md).
 START_WITH = {"a CPU": "transformer-cpu", "a GPU": "transformer-gpu"}
+# NAME-amx is NAME re-tuned for a CPU with bf16 matrix units (s2s.machine.bf16_units), where `train.amp: auto`
+# trains in bf16 and the same minutes hold more updates: `--preset NAME` takes it on such a CPU.
+BF16_VARIANT = "-amx"
 
 
 class PresetError(S2SError, ValueError):
@@ -35,6 +38,7 @@ class Preset:
     path: Path
     summary: str  # the file's first comment line after "# NAME: "
     values: dict[str, Any]
+    instead_of: str = ""  # the name asked for, where this machine's variant of it was taken (for_this_machine)
 
 
 def read(path: Path) -> Preset:
@@ -55,7 +59,7 @@ def read(path: Path) -> Preset:
 
 
 def available() -> list[Preset]:
-    return [read(path) for path in sorted(PRESETS_DIR.glob("*.yaml"))]
+    return [read(path) for path in sorted(PRESETS_DIR.glob("*.yaml"), key=lambda path: path.stem)]  # NAME before NAME-amx
 
 
 def find(name: str) -> Preset:
@@ -66,6 +70,15 @@ def find(name: str) -> Preset:
         names = ", ".join(p.stem for p in sorted(PRESETS_DIR.glob("*.yaml")))
         raise PresetError(f"no preset {name!r}; available: {names} (or a path to a params file; `s2s presets` describes them)")
     return read(path)
+
+
+def for_this_machine(name: str, flags: frozenset[str] | None = None) -> Preset:
+    """What `--preset name` means on this CPU (`flags`: its own by default): NAME-amx where the CPU has bf16 matrix
+    units and that variant exists, else `find(name)`. A path is always the file it names."""
+    variant = PRESETS_DIR / f"{name}{BF16_VARIANT}.yaml"
+    if Path(name).suffix not in (".yaml", ".yml") and variant.is_file() and machine.bf16_units(flags):
+        return replace(read(variant), instead_of=name)
+    return find(name)
 
 
 # Replaced whole, not merged key by key: a dataset's files are one unit (a user's tsv plus a preset's src/tgt is no split).

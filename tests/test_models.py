@@ -315,3 +315,20 @@ def test_copy_needs_a_transformer_a_joint_vocabulary_and_no_ctranslate2_export()
         build_model(ModelConfig(arch="transformer", copy_attention=True, transformer=separate), 30, 40)
     with pytest.raises(ConfigError, match="promote.export: a model with copy_attention: true has no CTranslate2 equivalent"):
         parse_params({"model": {"arch": "transformer", "copy_attention": True}, "promote": {"export": "int8"}})
+
+
+def test_attention_under_cpu_autocast_runs_in_float32_and_returns_bf16() -> None:
+    """PyTorch's CPU attention kernels are ~4x slower in bf16 than in float32 (fwd+bwd), so under autocast
+    `attend` computes in float32 on the bf16 inputs; without autocast it is scaled_dot_product_attention itself."""
+    from s2s.models.transformer import attend
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 5, 8, generator=gen).bfloat16() for _ in range(3))
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])[:, None, None, :]  # (B, 1, 1, S)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attend(q, k, v, mask, 0.0, causal=False)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected.bfloat16())  # autocast alone (bf16 attention) differs here: checked on AMX
+    plain = attend(q.float(), k.float(), v.float(), None, 0.0, causal=True)
+    assert torch.equal(plain, torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True))

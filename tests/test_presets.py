@@ -9,7 +9,7 @@ import pytest
 import yaml
 from support import REPO
 
-from benchmarks.multi30k import ARCHS, GPU_RECIPE
+from benchmarks.multi30k import AMX_RECIPE, ARCHS, GPU_RECIPE
 from flows.cli import main
 from s2s import presets
 from s2s.config import load_params
@@ -29,7 +29,7 @@ train:
 
 def test_every_preset_is_valid_and_described() -> None:
     found = {p.name: p for p in presets.available()}
-    recipes = (*ARCHS, GPU_RECIPE, "transformer-summary-cpu")
+    recipes = (*ARCHS, AMX_RECIPE, GPU_RECIPE, "transformer-summary-cpu")
     assert set(found) == {*recipes, "multi30k", "aeslc"}
     assert all(p.summary and not p.summary.startswith("#") for p in found.values())
     assert all("ingest" not in found[name].values for name in recipes)  # a recipe never replaces the user's data
@@ -82,7 +82,7 @@ def test_s2s_presets_lists_each_with_its_line(capsys: pytest.CaptureFixture[str]
     listing, advice = capsys.readouterr().out.split("\n\n")
     lines = listing.splitlines()
     names = [line.split()[0] for line in lines]
-    assert names == sorted([*ARCHS, GPU_RECIPE, "multi30k", "aeslc", "transformer-summary-cpu"])
+    assert names == sorted([*ARCHS, AMX_RECIPE, GPU_RECIPE, "multi30k", "aeslc", "transformer-summary-cpu"])
     cpu = lines[names.index("transformer-cpu")]
     assert "22 minutes on 2 CPU cores" in cpu and cpu.endswith("[tokenizer, model, train, evaluate]")
     # Which one to take is said, and marked: the recipe a newcomer should start with on each kind of machine.
@@ -93,6 +93,20 @@ def test_s2s_presets_lists_each_with_its_line(capsys: pytest.CaptureFixture[str]
 def test_benchmark_reads_its_recipes_from_the_presets() -> None:
     source = (REPO / "benchmarks" / "multi30k.py").read_text()
     assert '"d_model"' not in source and '"hidden"' not in source  # no recipe values of its own
-    for name in (*ARCHS, GPU_RECIPE):  # every recipe it runs is a preset users can apply, measured at 22 CPU minutes
+    for name in (*ARCHS, AMX_RECIPE, GPU_RECIPE):  # every recipe it runs is a preset users can apply, measured at 22 CPU minutes
         values = presets.find(name).values
         assert values["train"]["max_minutes"] == (20 if name == GPU_RECIPE else 22)
+
+
+def test_a_recipe_name_means_its_bf16_variant_on_a_cpu_with_bf16_units(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, lr in (("recipe", 0.001), ("recipe-amx", 0.002), ("dataset", 0.003)):
+        (tmp_path / f"{name}.yaml").write_text(f"# {name}: a test preset\ntrain:\n  lr: {lr}\n")
+    monkeypatch.setattr(presets, "PRESETS_DIR", tmp_path)
+    amx, avx2 = frozenset({"avx2", "amx_tile", "amx_bf16"}), frozenset({"avx2", "fma"})
+    taken = presets.for_this_machine("recipe", amx)
+    assert (taken.name, taken.instead_of, taken.values["train"]["lr"]) == ("recipe-amx", "recipe", 0.002)
+    assert presets.for_this_machine("recipe", frozenset({"avx512f", "avx512_bf16"})).name == "recipe-amx"
+    assert (presets.for_this_machine("recipe", avx2).name, presets.for_this_machine("recipe", avx2).instead_of) == ("recipe", "")
+    assert presets.for_this_machine("dataset", amx).name == "dataset"  # no variant: the preset itself
+    exact = presets.for_this_machine(str(tmp_path / "recipe.yaml"), amx)  # a path is the file it names, on any CPU
+    assert (exact.name, exact.instead_of) == ("recipe", "")

@@ -111,6 +111,15 @@ def test_the_baseline_is_queued_first_with_the_base_values(tmp_path: Path) -> No
     assert trial.user_attrs[sweep.BASELINE_ATTR] is True
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_each_shipped_search_space_is_valid_over_its_base_and_runs_the_recipe_as_its_baseline(path: Path) -> None:
+    """A sweeps/ file's base is a checkout with multi30k and transformer-cpu applied (its header says so)."""
+    base = deep_merge(deep_merge(BASE, presets.find("multi30k").values), presets.find("transformer-cpu").values)
+    spec = sweep.load_spec(path)
+    sweep.check_spec(spec, base, str(path))
+    assert sweep.baseline_values(base, spec) is not None  # the recipe as it is lies inside the space: trial 0
+
+
 def test_no_baseline_when_a_base_value_lies_outside_the_space(tmp_path: Path) -> None:
     spec = spec_of({**SPACE, "space": {**SPACE["space"], "train.lr": {"low": 0.1, "high": 0.5}}})
     study = new_study(tmp_path, spec)

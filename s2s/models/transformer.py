@@ -61,6 +61,20 @@ class Embedding(nn.Module):
         return embedded
 
 
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float, causal: bool
+) -> torch.Tensor:
+    """`scaled_dot_product_attention`, in float32 under CPU autocast: PyTorch's CPU kernels for it are about 4x
+    slower in bf16 than in float32, forward and backward (BENCHMARKS.md "Precision"), and autocast would run it in
+    bf16. Its matmuls are small next to the projections around it, which stay bf16."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p,
+                                                 is_causal=causal)  # fmt: skip
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+
+
 class MultiHeadAttention(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -99,9 +113,7 @@ class MultiHeadAttention(nn.Module):
             weights = probs.mean(dim=1)  # (B, T, S)
         else:
             attn_mask = None if mask is None else mask[:, None]  # (B, 1, 1|T, S)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
-            )
+            out = attend(q, k, v, attn_mask, self.dropout if self.training else 0.0, causal)
         out = out.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # (B, T, D)
         return self.out(out), weights
 
